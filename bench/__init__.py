@@ -1,0 +1,1 @@
+"""Benchmarks: flaxattn under jax.jit vs the torch_ref twin (eager and torch.compile)."""

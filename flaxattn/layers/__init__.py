@@ -1,0 +1,1 @@
+"""Attention layers, one file per mechanism family (channels-last)."""

@@ -1,0 +1,1 @@
+"""Shared primitives: torch-compatible layers, checks, local attention, reversible stacks."""

@@ -1,0 +1,312 @@
+"""PyTorch-compatible building blocks for Flax NNX.
+
+Each layer takes PyTorch's argument names and defaults and initialises its
+parameters the way PyTorch does (kaiming-uniform with ``a=sqrt(5)``, i.e.
+``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for weights and biases), so a flaxattn
+module reads line by line like its ``torch_ref`` twin and trains alike from the
+first step, not only after loading converted weights.
+
+Layouts are channels-last: images ``(B, H, W, C)``. Parameter names are Flax's
+(``kernel``, ``bias``, ``scale``); :mod:`flaxattn.convert` maps them to
+PyTorch's (``weight``, ``bias``) and re-lays them out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from flaxattn.ops.checks import check_positive
+
+Dtype = jnp.dtype | type | None
+
+
+def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    value = tuple(value)
+    if len(value) != 2 or not all(isinstance(v, int) for v in value):
+        raise ValueError(f"`{name}` (={value!r}) must be an int or a pair of ints")
+    return value
+
+
+def torch_uniform_init(fan_in: int) -> nnx.Initializer:
+    """PyTorch's default init for Linear/Conv weights and biases."""
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class Linear(nnx.Linear):
+    """``torch.nn.Linear`` on the last axis; ``kernel`` is ``(in, out)``."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        dtype: Dtype = None,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        check_positive(in_features=in_features, out_features=out_features)
+        init = torch_uniform_init(in_features)
+        super().__init__(
+            in_features,
+            out_features,
+            use_bias=bias,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            kernel_init=init,
+            bias_init=init,
+            rngs=rngs,
+        )
+
+
+class Conv2d(nnx.Conv):
+    """``torch.nn.Conv2d`` on ``(B, H, W, C)``; ``kernel`` is ``(kh, kw, C_in/groups, C_out)``.
+
+    ``padding`` is PyTorch's symmetric zero padding (an int, a pair, or
+    ``'same'``/``'valid'``), not Flax's ``'SAME'``, which pads asymmetrically
+    for even kernels and stride 2.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] | str = 0,
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        *,
+        dtype: Dtype = None,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        check_positive(in_channels=in_channels, out_channels=out_channels, groups=groups)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"`in_channels` (={in_channels}) and `out_channels` (={out_channels}) "
+                f"must be divisible by `groups` (={groups})"
+            )
+        kh, kw = _pair(kernel_size, "kernel_size")
+        stride = _pair(stride, "stride")
+        dilation = _pair(dilation, "dilation")
+        check_positive(kernel_size=min(kh, kw), stride=min(stride), dilation=min(dilation))
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(
+                    f"`padding` (={padding!r}) must be an int, a pair, 'same' or 'valid'"
+                )
+            if padding == "same" and stride != (1, 1):
+                raise ValueError(f"`padding='same'` needs `stride` 1, got {stride}")
+            pad = "SAME" if padding == "same" else "VALID"
+        else:
+            ph, pw = _pair(padding, "padding")
+            pad = ((ph, ph), (pw, pw))
+        init = torch_uniform_init(in_channels // groups * kh * kw)
+        # 1x1 convs are matmuls; XLA:CPU runs them about 2x faster as one
+        # dot_general than as a convolution (forward and backward).
+        self.pointwise = (
+            (kh, kw) == (1, 1) and groups == 1 and pad in ("SAME", "VALID", ((0, 0), (0, 0)))
+        )
+        super().__init__(
+            in_channels,
+            out_channels,
+            (kh, kw),
+            strides=stride,
+            padding=pad,
+            kernel_dilation=dilation,
+            feature_group_count=groups,
+            use_bias=bias,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            kernel_init=init,
+            bias_init=init,
+            rngs=rngs,
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if not self.pointwise:
+            return super().__call__(x)
+        sh, sw = self.strides
+        if (sh, sw) != (1, 1):
+            x = x[..., ::sh, ::sw, :]
+        bias = self.bias[...] if self.bias is not None else None
+        x, kernel, bias = self.promote_dtype((x, self.kernel[...][0, 0], bias), dtype=self.dtype)
+        y = jax.lax.dot_general(
+            x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=self.precision
+        )
+        return y + bias if bias is not None else y
+
+
+class LayerNorm(nnx.LayerNorm):
+    """``torch.nn.LayerNorm`` over the last axis: eps 1e-5 and a two-pass variance.
+
+    Flax's own default (eps 1e-6, ``E[x^2] - E[x]^2``) differs from PyTorch by
+    more than float32 round-off on inputs with a large mean.
+    """
+
+    def __init__(
+        self,
+        normalized_shape: int,
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        *,
+        dtype: Dtype = None,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        check_positive(normalized_shape=normalized_shape)
+        super().__init__(
+            normalized_shape,
+            epsilon=eps,
+            use_scale=elementwise_affine,
+            use_bias=elementwise_affine and bias,
+            use_fast_variance=False,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
+
+
+class BatchNorm(nnx.Module):
+    """``torch.nn.BatchNorm{1,2,3}d`` over every axis but the last (channels-last).
+
+    Matches PyTorch in train mode, running statistics included: the running
+    variance is updated with the *unbiased* batch variance, normalisation uses
+    the biased one, and ``momentum`` is PyTorch's (new = (1 - m) * old + m * batch;
+    Flax's own BatchNorm uses ``m`` for the old value). ``momentum=None`` is the
+    cumulative average, as in PyTorch. Statistics are computed in at least
+    float32, whatever the compute dtype.
+
+    Mode follows NNX: ``module.train()`` uses batch statistics and updates the
+    running ones, ``module.eval()`` uses the running ones.
+
+    Args:
+      num_features: number of channels ``C``.
+      eps: added to the variance.
+      momentum: PyTorch-convention momentum, or ``None`` for a cumulative average.
+      affine: learn ``scale`` and ``bias``.
+      track_running_stats: keep ``mean``/``var``; without them batch statistics
+        are used in eval mode too.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        *,
+        use_running_average: bool = False,
+        dtype: Dtype = None,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs | None = None,
+    ):
+        check_positive(num_features=num_features)
+        if momentum is not None and not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"`momentum` (={momentum}) must be in [0, 1] or None")
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.use_running_average = use_running_average
+        self.dtype = dtype
+        if affine:
+            self.scale = nnx.Param(jnp.ones((num_features,), param_dtype))
+            self.bias = nnx.Param(jnp.zeros((num_features,), param_dtype))
+        else:
+            self.scale = nnx.data(None)
+            self.bias = nnx.data(None)
+        if track_running_stats:
+            self.mean = nnx.BatchStat(jnp.zeros((num_features,), param_dtype))
+            self.var = nnx.BatchStat(jnp.ones((num_features,), param_dtype))
+            self.num_batches_tracked = nnx.BatchStat(jnp.zeros((), jnp.int32))
+        else:
+            self.mean = nnx.data(None)
+            self.var = nnx.data(None)
+            self.num_batches_tracked = nnx.data(None)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.shape[-1] != self.num_features:
+            raise ValueError(
+                f"BatchNorm: expected {self.num_features} channels in the last axis, "
+                f"got input of shape {tuple(x.shape)}"
+            )
+        out_dtype = self.dtype or x.dtype
+        stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
+        xs = x.astype(stat_dtype)
+        axes = tuple(range(x.ndim - 1))
+        tracking = self.mean is not None
+        if self.use_running_average and tracking:
+            mean = self.mean[...].astype(stat_dtype)
+            var = self.var[...].astype(stat_dtype)
+        else:
+            n = math.prod(x.shape[:-1])
+            if n < 2:
+                raise ValueError(
+                    f"BatchNorm in train mode needs more than one value per channel, "
+                    f"got input of shape {tuple(x.shape)}"
+                )
+            mean = xs.mean(axes)
+            var = jnp.square(xs - mean).mean(axes)
+            if tracking and not self.use_running_average:
+                count = self.num_batches_tracked[...] + 1
+                m = 1.0 / count if self.momentum is None else self.momentum
+                batch_mean = jax.lax.stop_gradient(mean)
+                batch_var = jax.lax.stop_gradient(var) * (n / (n - 1))
+                old_mean, old_var = self.mean[...], self.var[...]
+                self.mean[...] = ((1 - m) * old_mean + m * batch_mean).astype(old_mean.dtype)
+                self.var[...] = ((1 - m) * old_var + m * batch_var).astype(old_var.dtype)
+                self.num_batches_tracked[...] = count
+        y = (xs - mean) * jax.lax.rsqrt(var + self.eps)
+        if self.scale is not None:
+            y = y * self.scale[...].astype(stat_dtype) + self.bias[...].astype(stat_dtype)
+        return y.astype(out_dtype)
+
+
+# PyTorch's names for the same layer, so twins read alike.
+BatchNorm1d = BatchNorm2d = BatchNorm
+
+
+class DropPath(nnx.Module):
+    """Stochastic depth per sample (``timm.layers.DropPath``).
+
+    Zeroes a whole sample's residual branch with probability ``drop_prob`` and
+    rescales the kept ones by ``1 / (1 - drop_prob)``. Identity in eval mode.
+    """
+
+    def __init__(self, drop_prob: float = 0.0, *, deterministic: bool = False, rngs: nnx.Rngs):
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"`drop_prob` (={drop_prob}) must be in [0, 1)")
+        self.drop_prob = drop_prob
+        self.deterministic = deterministic
+        # As nnx.Dropout does: a forked 'dropout' stream, so the masks advance
+        # with the module's own RNG state (checkpointed and restored with it).
+        self.rngs = rngs["dropout"].fork() if drop_prob > 0 else nnx.data(None)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.deterministic or self.drop_prob == 0.0:
+            return x
+        keep = 1.0 - self.drop_prob
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mask = jax.random.bernoulli(self.rngs(), keep, shape)
+        return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """``torch.nn.GELU()``: the exact erf form (Flax's default is the tanh approximation)."""
+    return jax.nn.gelu(x, approximate=False)

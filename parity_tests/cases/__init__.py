@@ -1,0 +1,1 @@
+"""Parity cases, one module per mechanism family."""

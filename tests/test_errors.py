@@ -1,0 +1,51 @@
+"""Bad input gets a ValueError naming the argument, its value and what was expected."""
+
+import importlib
+import re
+
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from parity_tests.registry import BAD, BadArgs, BadCall, load_all
+
+load_all()
+
+
+def _resolve(root: str, path: str):
+    *mods, name = path.split(".")
+    module = importlib.import_module(".".join([root, *mods]))
+    return getattr(module, name)
+
+
+ARGS = [b for b in BAD if isinstance(b, BadArgs)]
+CALLS = [b for b in BAD if isinstance(b, BadCall)]
+
+
+@pytest.mark.parametrize("bad", ARGS, ids=[f"{b.cls}{b.args}{b.kwargs or ''}" for b in ARGS])
+def test_flax_constructor_refuses(bad):
+    cls = _resolve("flaxattn", bad.cls)
+    with pytest.raises(ValueError, match=bad.match):
+        cls(*bad.args, **bad.kwargs, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize(
+    "bad", [b for b in ARGS if b.torch], ids=[f"{b.cls}{b.args}" for b in ARGS if b.torch]
+)
+def test_torch_twin_refuses(bad):
+    cls = _resolve("torch_ref", bad.cls)
+    with pytest.raises(ValueError, match=bad.match):
+        cls(*bad.args, **bad.kwargs)
+
+
+@pytest.mark.parametrize("bad", CALLS, ids=[b.name for b in CALLS])
+def test_call_refuses(bad):
+    module = bad.make_flax()
+    with pytest.raises(ValueError, match=bad.match):
+        module(*[jnp.zeros(s) for s in bad.shapes])
+
+
+def test_messages_name_value_and_expectation():
+    # Every registered message pattern names a value: "`arg` (=value)" or a shape.
+    for bad in BAD:
+        assert re.search(r"\(=|shape|must", bad.match), bad

@@ -1,0 +1,31 @@
+"""PyTorch twins of the flaxattn modules (NCHW), same class names and arguments.
+
+They follow each mechanism's upstream code and fix only what is broken there;
+every fix is named in the class docstring ("Deviation from upstream: ...").
+"""
+
+from torch_ref.layers.attention_gate import AttentionGate
+from torch_ref.layers.cbam import (
+    CBAM,
+    ChannelAttention,
+    ChannelGate,
+    JongchanCBAM,
+    ResBlockCBAM,
+    SpatialAttention,
+    SpatialGate,
+)
+from torch_ref.layers.se import SELayer
+from torch_ref.layers.self_attention import SelfAttention
+
+__all__ = [
+    "AttentionGate",
+    "CBAM",
+    "ChannelAttention",
+    "ChannelGate",
+    "JongchanCBAM",
+    "ResBlockCBAM",
+    "SELayer",
+    "SelfAttention",
+    "SpatialAttention",
+    "SpatialGate",
+]

@@ -1,0 +1,1 @@
+"""PyTorch twins of ``flaxattn.layers``, one file per family (channels-first)."""

@@ -1,0 +1,32 @@
+"""Single-head self-attention (twin of ``flaxattn.layers.self_attention``)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from flaxattn.ops.checks import check_positive
+from torch_ref._twin import Twin
+
+
+class SelfAttention(Twin):
+    """``softmax(q k^T / sqrt(dim_k)) v``. Shapes: ``(B, N, input_dim) -> (B, N, dim_v)``.
+
+    Deviation from the seed listing: the scale multiplies the logits before the
+    softmax (the seed multiplies the softmax output).
+    """
+
+    def __init__(self, input_dim: int, dim_k: int, dim_v: int):
+        super().__init__()
+        check_positive(input_dim=input_dim, dim_k=dim_k, dim_v=dim_v)
+        self.q = nn.Linear(input_dim, dim_k)
+        self.k = nn.Linear(input_dim, dim_k)
+        self.v = nn.Linear(input_dim, dim_v)
+        self._norm_fact = 1 / math.sqrt(dim_k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        attn = torch.softmax(torch.bmm(q, k.transpose(1, 2)) * self._norm_fact, dim=-1)
+        return torch.bmm(attn, v)

@@ -1,0 +1,1 @@
+"""Training flaxattn models with optax (``python -m train``)."""
