@@ -16,8 +16,10 @@ from torch_ref.layers.cbam import (
 )
 from torch_ref.layers.se import SELayer
 from torch_ref.layers.self_attention import SelfAttention
+from torch_ref.models.cbam_resnet import CBAMResNet
 
 __all__ = [
+    "CBAMResNet",
     "AttentionGate",
     "CBAM",
     "ChannelAttention",

@@ -1,0 +1,1 @@
+"""Composed networks built from the attention layers."""
