@@ -1,0 +1,54 @@
+"""Trained weights back to PyTorch.
+
+``export_weights`` writes the model's state_dict in torch names and layouts
+(``.safetensors`` by default; ``.pt``/``.npz`` by suffix) and, beside it,
+``<file>.json`` naming the torch_ref class and its constructor arguments, so
+``load_torch_twin`` can rebuild the twin and load the weights with ``strict=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from flax import nnx
+
+from flaxattn.convert import load_weights, save_weights, to_torch_state_dict
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def export_weights(model: nnx.Module, cls: str, kwargs: dict, path: str | os.PathLike) -> Path:
+    """Write ``model``'s weights as a torch state_dict plus its ``.json`` description."""
+    path = Path(path)
+    save_weights(to_torch_state_dict(model), path)
+    meta = {"torch_ref_class": cls, "kwargs": kwargs, "weights": path.name}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".json.tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(meta, f, indent=2, default=list)
+    os.replace(tmp, _sidecar(path))
+    return path
+
+
+def load_torch_twin(path: str | os.PathLike):
+    """The torch_ref twin described by ``<path>.json``, with the exported weights (strict)."""
+    import importlib
+
+    import torch
+
+    path = Path(path)
+    meta = json.loads(_sidecar(path).read_text())
+    *mods, name = meta["torch_ref_class"].split(".")
+    cls = getattr(importlib.import_module(".".join(["torch_ref", *mods])), name)
+    twin = cls(**meta["kwargs"])
+    ref = twin.state_dict()
+    sd = {
+        k: torch.from_numpy(v).to(ref[k].dtype) if k in ref else torch.from_numpy(v)
+        for k, v in load_weights(path).items()
+    }
+    twin.load_state_dict(sd, strict=True)
+    return twin.eval()
