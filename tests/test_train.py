@@ -279,3 +279,21 @@ def test_folder_npz_and_cifar_loaders(tmp_path):
         load_dataset("cifar10", path=str(tmp_path))
     with pytest.raises(ValueError, match="needs --data-path"):
         load_dataset("npz")
+
+
+def test_bfloat16_compute_keeps_float32_params(tmp_path):
+    import jax.numpy as jnp
+    from flax import nnx
+
+    r = train_and_evaluate(_tiny_config(tmp_path, dtype="bfloat16", epochs=1, max_steps=3))
+    params = nnx.state(r["module"], nnx.Param)
+    assert {v[...].dtype for _, v in nnx.to_flat_state(params)} == {jnp.dtype(jnp.float32)}
+    assert np.isfinite(r["eval_loss"])
+
+
+def test_cli_list_and_set():
+    proc = subprocess.run([sys.executable, "-m", "train", "--list"], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0 and "cbam_resnet" in proc.stdout and "mnist5k" in proc.stdout
+    proc = _train("--set", "no_such_arg=3", check=False)
+    assert proc.returncode == 2 and "has no argument 'no_such_arg'" in proc.stderr

@@ -130,7 +130,12 @@ def evaluate(eval_step, params, rest, loader: Loader, par: Parallel) -> dict[str
         total["loss"] += float(out["loss"])
         total["correct"] += int(out["correct"])
         total["count"] += int(out["count"])
-        preds.append(np.asarray(out["pred"])[:n])
+        pred = out["pred"]
+        if jax.process_count() > 1:  # each process holds only its shard
+            from jax.experimental import multihost_utils
+
+            pred = multihost_utils.process_allgather(pred, tiled=True)
+        preds.append(np.asarray(pred)[:n])
     count = max(total["count"], 1)
     return {
         "loss": total["loss"] / count,
