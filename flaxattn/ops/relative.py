@@ -1,0 +1,70 @@
+"""2-D relative position logits (Shaw et al. 2018; Bello et al. 2019), without tiling.
+
+Bello et al., "Attention Augmented Convolutional Networks", ICCV 2019.
+https://arxiv.org/abs/1904.09925
+
+A query at ``(x, y)`` attending to a key at ``(x', y')`` of an ``H x W`` map gets
+the extra logit ``q . rel_h[x' - x + H - 1] + q . rel_w[y' - y + W - 1]``. The
+height term does not depend on ``y'`` and the width term not on ``x'``, so both
+are computed once per query as ``(B, heads, H, W, H)`` and ``(B, heads, H, W, W)``
+arrays (``O(HW (H + W))``) and *broadcast*-added to the ``(HW, HW)`` content
+logits, where the reference implementation tiles each of them to
+``(B, heads, HW, HW)`` first.
+
+Relative offsets become absolute key positions with the skew of Huang et al.
+2018 (``rel_to_abs``): pad, flatten, reshape, slice; no gather, so the backward
+pass is pads and slices too.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def rel_to_abs(x: jax.Array) -> jax.Array:
+    """Relative to absolute positions on the last two axes.
+
+    ``x[..., i, m]`` holds the logit for relative offset ``m - (L - 1)`` of query
+    ``i``; the result ``out[..., i, j] = x[..., i, j - i + L - 1]``.
+
+    Shapes: ``(..., L, 2L - 1) -> (..., L, L)``.
+    """
+    *lead, length, width = x.shape
+    if width != 2 * length - 1:
+        raise ValueError(
+            f"rel_to_abs: expected `x` of shape (..., L, 2L - 1), got {tuple(x.shape)}"
+        )
+    pad = [(0, 0)] * len(lead)
+    x = jnp.pad(x, pad + [(0, 0), (0, 1)])  # (..., L, 2L)
+    flat = x.reshape(*lead, 2 * length * length)
+    flat = jnp.pad(flat, pad + [(0, length - 1)])  # (L + 1) (2L - 1) entries
+    return flat.reshape(*lead, length + 1, width)[..., :length, length - 1 :]
+
+
+def relative_logits_2d(
+    q: jax.Array, rel_h: jax.Array, rel_w: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Height and width relative logits of every query, for broadcasting.
+
+    Args:
+      q: queries ``(B, H, W, heads, d)``, already scaled as the content logits are.
+      rel_h: height table ``(2H - 1, d)``, offsets ``-(H - 1) .. H - 1``.
+      rel_w: width table ``(2W - 1, d)``.
+
+    Returns:
+      ``(logits_h, logits_w)`` of shapes ``(B, heads, H, W, H)`` and
+      ``(B, heads, H, W, W)``: ``logits_h[b, n, x, y, x']`` and
+      ``logits_w[b, n, x, y, y']``. Add them to content logits laid out as
+      ``(B, heads, H, W, H, W)`` with ``logits_h[..., :, None] + logits_w[..., None, :]``.
+    """
+    _, h, w, _, d = q.shape
+    if rel_h.shape != (2 * h - 1, d) or rel_w.shape != (2 * w - 1, d):
+        raise ValueError(
+            f"relative_logits_2d: for queries {tuple(q.shape)} expected tables of shapes "
+            f"{(2 * h - 1, d)} and {(2 * w - 1, d)}, got {tuple(rel_h.shape)} and "
+            f"{tuple(rel_w.shape)}"
+        )
+    logits_w = rel_to_abs(jnp.einsum("bxynd,md->bnxym", q, rel_w.astype(q.dtype)))
+    logits_h = rel_to_abs(jnp.einsum("bxynd,md->bnyxm", q, rel_h.astype(q.dtype)))
+    return jnp.swapaxes(logits_h, 2, 3), logits_w
