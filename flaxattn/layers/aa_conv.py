@@ -20,7 +20,7 @@ from flax import nnx
 
 from flaxattn.ops.checks import check_choice, check_divisible, check_input, check_positive
 from flaxattn.ops.nn import Conv2d, Dtype
-from flaxattn.ops.relative import relative_logits_2d
+from flaxattn.ops.relative import attention_2d, relative_logits_2d
 
 
 def map_shape(shape: int | Sequence[int], relative: bool) -> tuple[int, int]:
@@ -75,7 +75,10 @@ class AugmentedConv(nnx.Module):
     are scaled by ``(dk / Nh) ** -0.5``; with ``relative=True`` each logit gets
     ``q . key_rel_h[x' - x + H - 1] + q . key_rel_w[y' - y + W - 1]``, added by
     broadcasting (:mod:`flaxattn.ops.relative`): memory ``O(HW (H + W))`` on top
-    of the ``(HW)^2`` attention weights, not tiled ``(HW)^2`` copies.
+    of the attention weights, not tiled ``(HW)^2`` copies. Because nothing of size
+    ``(HW)^2`` is needed outside a row of queries, attention runs in blocks of
+    queries, each rematerialised in the backward pass: at most one block of
+    ``(HW)^2`` logits is alive at a time.
 
     As upstream, the attention output ``(B, Nh, HW, dv / Nh)`` is *reshaped* (not
     transposed) to ``(B, Nh, dv / Nh, H, W)`` before the heads are merged; when
@@ -101,6 +104,9 @@ class AugmentedConv(nnx.Module):
         ``relative=True``, where the map must have exactly this size.
       relative: add 2-D relative position logits.
       stride: 1 or 2, for both the convolution and ``qkv_conv``.
+      query_block: (Flax only) queries per block of the attention loop
+        (:func:`~flaxattn.ops.relative.attention_2d`); ``None`` picks blocks of about
+        4M logits. Blocks change memory and speed, not the result.
 
     Shapes: ``(B, H, W, in_channels) -> (B, H', W', out_channels)``, ``H' = ceil(H / stride)``
     for odd ``kernel_size``.
@@ -109,7 +115,7 @@ class AugmentedConv(nnx.Module):
 
       >>> aa = AugmentedConv(8, 16, 3, dk=8, dv=4, Nh=2, shape=(6, 5), relative=True,
       ...                    rngs=nnx.Rngs(0))
-      >>> aa(jnp.ones((2, 6, 5, 8))).shape
+      >>> jax.eval_shape(aa, jnp.ones((2, 6, 5, 8))).shape
       (2, 6, 5, 16)
       >>> aa.key_rel_h[...].shape, aa.key_rel_w[...].shape
       ((11, 4), (9, 4))
@@ -127,6 +133,7 @@ class AugmentedConv(nnx.Module):
         relative: bool = False,
         stride: int = 1,
         *,
+        query_block: int | None = None,
         dtype: Dtype = None,
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
@@ -134,6 +141,9 @@ class AugmentedConv(nnx.Module):
         hw = check_aa_args(
             in_channels, out_channels, kernel_size, dk, dv, Nh, shape, relative, stride
         )
+        if query_block is not None:
+            check_positive(query_block=query_block)
+        self.query_block = query_block
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = kernel_size
@@ -188,14 +198,17 @@ class AugmentedConv(nnx.Module):
         q = qkv[..., :dk].reshape(b, h, w, nh, dkh) * dkh**-0.5
         k = qkv[..., dk : 2 * dk].reshape(b, n, nh, dkh)
         v = qkv[..., 2 * dk :].reshape(b, n, nh, dvh)
-        logits = jnp.einsum("bpnd,bqnd->bnpq", q.reshape(b, n, nh, dkh), k)
-        if self.relative:
-            rel_h, rel_w = relative_logits_2d(q, self.key_rel_h[...], self.key_rel_w[...])
-            logits = logits.reshape(b, nh, h, w, h, w)
-            logits = logits + rel_h[..., :, None] + rel_w[..., None, :]
-            logits = logits.reshape(b, nh, n, n)
-        weights = jax.nn.softmax(logits, axis=-1)
-        out = jnp.einsum("bnpq,bqne->bnpe", weights, v)  # (B, Nh, HW, dvh)
+        out = self._attend(q, k, v)  # (B, Nh, HW, dvh)
         # Upstream reshapes (B, Nh, HW, dvh) to (B, Nh, dvh, H, W) without a transpose.
         out = out.reshape(b, nh, dvh, h, w)
         return jnp.transpose(out, (0, 3, 4, 1, 2)).reshape(b, h, w, dv)
+
+    def _attend(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+        """``q (B, H, W, Nh, dkh)``, ``k``/``v (B, HW, Nh, d)`` -> ``(B, Nh, HW, dvh)``."""
+        b, h, w, nh, dkh = q.shape
+        rel = None
+        if self.relative:
+            lh, lw = relative_logits_2d(q, self.key_rel_h[...], self.key_rel_w[...])
+            rel = (lh.reshape(b, nh, h * w, h), lw.reshape(b, nh, h * w, w))
+        q = q.reshape(b, h * w, nh, dkh)
+        return attention_2d(q, k, v, (h, w), rel, query_block=self.query_block)
