@@ -174,13 +174,14 @@ class AAWideResNet(nnx.Module):
 
     Shapes: ``(B, H, W, in_channels) -> (B, num_classes)`` with ``(H, W) == shape``.
 
-    Example::
+    Example (the training registry's MNIST configuration)::
 
-      >>> net = AAWideResNet(10, 1, 0.0, 10, shape=(12, 10), in_channels=1, rngs=nnx.Rngs(0))
-      >>> net(jnp.ones((2, 12, 10, 1))).shape
+      >>> net = AAWideResNet(10, 1, 0.0, 10, shape=28, in_channels=1, stem_stride=2,
+      ...                    rngs=nnx.Rngs(0))
+      >>> jax.eval_shape(net, jnp.ones((2, 28, 28, 1))).shape
       (2, 10)
-      >>> net.layer3.layers[0].layers[0].conv2.shape  # 12x10 -> 6x5 -> 3x3
-      (3, 3)
+      >>> net.layer3.layers[0].layers[0].conv2.shape  # 28 -> 14 (stem) -> 7 -> 4
+      (4, 4)
     """
 
     def __init__(

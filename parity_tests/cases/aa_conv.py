@@ -55,13 +55,14 @@ register(
         [(2, 4, 4, 6)],
     ),
     Case("aa_conv/pure_conv", lambda: AA(4, 8, 3, dk=8, dv=0, Nh=2), [(2, 4, 5, 6)]),
-    # Maps 13x11 -> (stride-2 stem) 7x6 -> 4x3 -> 2x2: odd sizes at every strided
-    # stage. float64 only: building the network twice more for float32 costs more
-    # than it shows (the layers' float32 cases above cover the dtype).
+    # The training registry's configuration (maps 28 -> 14 -> 14 -> 7 -> 4: an odd
+    # size at stride 2), so that its float32 build in the conversion round trip
+    # shares compiled initialisers with the train smoke test. float64 only: the
+    # layer cases above cover float32. Non-square stage sizes: tests/test_aa_conv.py.
     Case(
         "aa_conv/aa_wide_resnet",
-        lambda: torch_ref.AAWideResNet(10, 1, 0.0, 10, shape=(13, 11), stem_stride=2),
-        [(2, 3, 13, 11)],
+        lambda: torch_ref.AAWideResNet(10, 1, 0.0, 10, shape=28, in_channels=1, stem_stride=2),
+        [(2, 1, 28, 28)],
         modes=("eval", "train"),
         dtypes=("float64",),
         zero_grad_ok=_biases(
@@ -116,6 +117,19 @@ register(
         (4, 8, 3, 8, 4, 2),
         {"shape": (4, 5, 6), "relative": True},
         match=r"`shape` \(=\(4, 5, 6\)\) must be an int or a pair",
+    ),
+    BadArgs(
+        "AugmentedConv",
+        (4, 8, 3, 8, 4, 2),
+        {"query_block": 0},
+        match=r"`query_block` \(=0\) must be positive",
+        torch=False,
+    ),
+    BadArgs(
+        "AAWideResNet",
+        (10, 1, 0.0, 10, 28),
+        {"stem_stride": 4},
+        match=r"`stem_stride` \(=4\) must be one of \[1, 2\]",
     ),
     BadArgs("AAWideResNet", (12, 1, 0.0, 10, 8), match=r"`depth` \(=12\) must be 6n \+ 4"),
     BadCall(
