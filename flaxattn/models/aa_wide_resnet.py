@@ -178,6 +178,7 @@ class AAWideResNet(nnx.Module):
 
       >>> net = AAWideResNet(10, 1, 0.0, 10, shape=28, in_channels=1, stem_stride=2,
       ...                    rngs=nnx.Rngs(0))
+      >>> net.eval()  # running BatchNorm statistics: nothing to update while tracing
       >>> jax.eval_shape(net, jnp.ones((2, 28, 28, 1))).shape
       (2, 10)
       >>> net.layer3.layers[0].layers[0].conv2.shape  # 28 -> 14 (stem) -> 7 -> 4

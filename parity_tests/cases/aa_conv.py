@@ -56,15 +56,20 @@ register(
     ),
     Case("aa_conv/pure_conv", lambda: AA(4, 8, 3, dk=8, dv=0, Nh=2), [(2, 4, 5, 6)]),
     # The training registry's configuration (maps 28 -> 14 -> 14 -> 7 -> 4: an odd
-    # size at stride 2), so that its float32 build in the conversion round trip
-    # shares compiled initialisers with the train smoke test. float64 only: the
-    # layer cases above cover float32. Non-square stage sizes: tests/test_aa_conv.py.
+    # size at stride 2). float32 only: building a network compiles an initialiser
+    # per parameter shape, and in float32 this build is shared with the train smoke
+    # test, the conversion round trip and the bench smoke test; the layer cases
+    # above check float64. Non-square stage sizes: tests/test_aa_conv.py.
     Case(
         "aa_conv/aa_wide_resnet",
         lambda: torch_ref.AAWideResNet(10, 1, 0.0, 10, shape=28, in_channels=1, stem_stride=2),
         [(2, 1, 28, 28)],
         modes=("eval", "train"),
-        dtypes=("float64",),
+        dtypes=("float32",),
+        # After two SGD steps the stem's attn_out.bias gradient (a sum over 2x14x14
+        # positions, through 9 attention layers and train-mode BatchNorm) differs by
+        # up to 2e-4 of its size in float32.
+        tol={"float32": {"rtol": 5e-4}},
         zero_grad_ok=_biases(
             "layer1.0.0.conv1",
             "layer2.0.0.conv1",
