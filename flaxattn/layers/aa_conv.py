@@ -75,9 +75,9 @@ class AugmentedConv(nnx.Module):
     are scaled by ``(dk / Nh) ** -0.5``; with ``relative=True`` each logit gets
     ``q . key_rel_h[x' - x + H - 1] + q . key_rel_w[y' - y + W - 1]``, added by
     broadcasting (:mod:`flaxattn.ops.relative`): memory ``O(HW (H + W))`` on top
-    of the attention weights, not tiled ``(HW)^2`` copies. Because nothing of size
-    ``(HW)^2`` is needed outside a row of queries, attention runs in blocks of
-    queries, each rematerialised in the backward pass: at most one block of
+    of the attention weights, not tiled ``(HW)^2`` copies. As no query then needs
+    more than its own row of logits, attention runs in blocks of queries, each
+    rematerialised in the backward pass: only one ``(block, HW)`` slice of the
     ``(HW)^2`` logits is alive at a time.
 
     As upstream, the attention output ``(B, Nh, HW, dv / Nh)`` is *reshaped* (not

@@ -71,9 +71,10 @@ def relative_logits_2d(
 
 
 # Logits per block of queries in `attention_2d`: 4M values (16 MB in float32). A
-# block's logits, softmax and their gradients then stay cache-sized; measured on a
-# 2-core CPU at 28x28, batch 16, 4 heads, blocks of 56-112 queries made the train
-# step 1.7x faster than one (HW)^2 block and cut its temp memory 5-7x.
+# block's logits, softmax and their gradients then stay near cache-sized; on a
+# shared 2-core CPU (28x28 map, batch 16, 4 heads) blocks of 56-112 queries made
+# the train step about 1.7x faster than a single block and its temp memory 5-7x
+# smaller (bench/cases/aa_conv.py, variant `one_block`).
 BLOCK_LOGITS = 1 << 22
 
 
@@ -90,9 +91,9 @@ def attention_2d(
     relative logits, computed in blocks of queries.
 
     Each block computes its full rows of logits (all keys), softmax and output; the
-    block is rematerialised in the backward pass (``jax.checkpoint``), so neither the
-    forward nor the backward pass holds more than one block of ``(HW)^2`` values.
-    With a single block this is plain attention.
+    block is rematerialised in the backward pass (``jax.checkpoint``), so neither
+    pass holds more than one block's ``(B, heads, block, N)`` logits and their
+    gradients. With a single block this is plain attention.
 
     Args:
       q: queries ``(B, N, heads, d)`` (already scaled), ``N = H * W`` row-major.
@@ -128,21 +129,15 @@ def attention_2d(
     if blocks == 1:
         return block(q, rel)
     pad = blocks * size - n
-    # Padded queries attend like any other and are dropped at the end.
-    q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
-    qs = jnp.moveaxis(q.reshape(b, blocks, size, *q.shape[2:]), 1, 0)
-    if rel is not None:
-        rel = tuple(
-            jnp.moveaxis(
-                jnp.pad(r, ((0, 0), (0, 0), (0, pad), (0, 0))).reshape(
-                    b, nh, blocks, size, r.shape[-1]
-                ),
-                2,
-                0,
-            )
-            for r in rel
-        )
-    step = jax.checkpoint(lambda args: block(*args))
-    out = jax.lax.map(step, (qs, rel))  # (blocks, B, heads, size, dv)
+
+    def split(x, axis):
+        """Pad the query axis to ``blocks * size`` and move the blocks first."""
+        x = jnp.pad(x, [(0, pad) if i == axis else (0, 0) for i in range(x.ndim)])
+        x = x.reshape(*x.shape[:axis], blocks, size, *x.shape[axis + 1 :])
+        return jnp.moveaxis(x, axis, 0)
+
+    # Padded queries attend like any other; their outputs are dropped.
+    xs = (split(q, 1), None if rel is None else tuple(split(r, 2) for r in rel))
+    out = jax.lax.map(jax.checkpoint(lambda args: block(*args)), xs)  # (blocks, B, heads, size, dv)
     out = jnp.moveaxis(out, 0, 2).reshape(b, nh, blocks * size, -1)
     return out[:, :, :n]
