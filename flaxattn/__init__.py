@@ -5,6 +5,7 @@ Importing flaxattn never imports torch. Modules are channels-last (images
 ``flaxattn.parity`` proves two twins compute the same outputs and gradients.
 """
 
+from flaxattn.layers.aa_conv import AugmentedConv
 from flaxattn.layers.attention_gate import AttentionGate
 from flaxattn.layers.cbam import (
     CBAM,
@@ -17,12 +18,15 @@ from flaxattn.layers.cbam import (
 )
 from flaxattn.layers.se import SELayer
 from flaxattn.layers.self_attention import SelfAttention
+from flaxattn.models.aa_wide_resnet import AAWideResNet
 from flaxattn.models.cbam_resnet import CBAMResNet
 from flaxattn.ops.nn import BatchNorm, Conv2d, DropPath, LayerNorm, Linear
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AAWideResNet",
+    "AugmentedConv",
     "CBAMResNet",
     "AttentionGate",
     "BatchNorm",

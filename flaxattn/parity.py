@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import importlib
 import json
 import sys
@@ -192,6 +193,39 @@ def torch_vjp(
     }
 
 
+def _vjp_run(graphdef, p, r, xs, cots):
+    def f(p, xs):
+        # Fresh Variable objects for the non-differentiated state: NNX refuses to
+        # mutate a Variable created outside the trace that mutates it.
+        m = nnx.merge(graphdef, p, jax.tree.map(lambda a: a, r))
+        y = m(*xs)
+        _, _, new_r = nnx.split(m, nnx.Param, ...)
+        return (list(y) if isinstance(y, (tuple, list)) else [y]), new_r
+
+    ys, vjp_fn, new_r = jax.vjp(f, p, xs, has_aux=True)
+    # Match the outputs' dtypes, so a promoted output is reported, not a crash.
+    gp, gx = vjp_fn([c.astype(y.dtype) for c, y in zip(cots, ys, strict=True)])
+    return ys, gp, gx, new_r
+
+
+# One jitted function for every call, keyed on the (hashable) graphdef: the steps
+# of a train-mode check, and modules of the same structure, compile it once.
+_vjp_run_jit = jax.jit(_vjp_run, static_argnums=0)
+
+
+def _hashable(value) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+@jax.jit
+def _sgd_update(params: list, grads: list, lr):
+    return [p - lr * g for p, g in zip(params, grads, strict=True)]
+
+
 def flax_vjp(
     module: nnx.Module,
     inputs: Sequence[jax.Array],
@@ -205,27 +239,13 @@ def flax_vjp(
     Returns ``out`` (list), ``grad_in`` (list) and ``grads`` (by Flax path).
     """
     graphdef, params, rest = nnx.split(module, nnx.Param, ...)
-
-    def forward(p, xs, r):
-        m = nnx.merge(graphdef, p, r)
-        y = m(*xs)
-        _, _, new_r = nnx.split(m, nnx.Param, ...)
-        return (list(y) if isinstance(y, (tuple, list)) else [y]), new_r
-
-    def run(p, r, xs, cots):
-        # Fresh Variable objects for the non-differentiated state: NNX refuses to
-        # mutate a Variable created outside the trace that mutates it.
-        def f(p, xs):
-            return forward(p, xs, jax.tree.map(lambda a: a, r))
-
-        ys, vjp_fn, new_r = jax.vjp(f, p, xs, has_aux=True)
-        # Match the outputs' dtypes, so a promoted output is reported, not a crash.
-        gp, gx = vjp_fn([c.astype(y.dtype) for c, y in zip(cots, ys, strict=True)])
-        return ys, gp, gx, new_r
-
-    if jit:
-        run = jax.jit(run)
-    ys, gp, gx, new_rest = run(params, rest, tuple(inputs), tuple(cotangents))
+    args = (params, rest, tuple(inputs), tuple(cotangents))
+    if not jit:
+        ys, gp, gx, new_rest = _vjp_run(graphdef, *args)
+    elif _hashable(graphdef):
+        ys, gp, gx, new_rest = _vjp_run_jit(graphdef, *args)
+    else:  # unhashable static attributes: compile for this call only
+        ys, gp, gx, new_rest = jax.jit(functools.partial(_vjp_run, graphdef))(*args)
     nnx.update(module, new_rest)
     grads = {path: v[...] for path, v in nnx.to_flat_state(gp)}
     return {"out": list(ys), "grad_in": list(gx), "grads": grads}
@@ -265,8 +285,11 @@ def _sgd_step(torch_module, flax_module: nnx.Module, t: dict, f: dict, lr: float
             if t["grads"].get(name) is not None:
                 p -= lr * torch.as_tensor(t["grads"][name])
     params = dict(nnx.to_flat_state(nnx.state(flax_module, nnx.Param)))
-    for path, g in f["grads"].items():
-        params[path][...] = params[path][...] - lr * g
+    paths = list(f["grads"])
+    # One jitted update: eager ops would compile once per parameter shape.
+    new = _sgd_update([params[p][...] for p in paths], [f["grads"][p] for p in paths], lr)
+    for path, value in zip(paths, new, strict=True):
+        params[path][...] = value
 
 
 # --- the check -----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ They follow each mechanism's upstream code and fix only what is broken there;
 every fix is named in the class docstring ("Deviation from upstream: ...").
 """
 
+from torch_ref.layers.aa_conv import AugmentedConv
 from torch_ref.layers.attention_gate import AttentionGate
 from torch_ref.layers.cbam import (
     CBAM,
@@ -16,9 +17,12 @@ from torch_ref.layers.cbam import (
 )
 from torch_ref.layers.se import SELayer
 from torch_ref.layers.self_attention import SelfAttention
+from torch_ref.models.aa_wide_resnet import AAWideResNet
 from torch_ref.models.cbam_resnet import CBAMResNet
 
 __all__ = [
+    "AAWideResNet",
+    "AugmentedConv",
     "CBAMResNet",
     "AttentionGate",
     "CBAM",
