@@ -6,6 +6,16 @@ Importing flaxattn never imports torch. Modules are channels-last (images
 """
 
 from flaxattn.layers.attention_gate import AttentionGate
+from flaxattn.layers.axial import (
+    AxialAttention,
+    AxialImageTransformer,
+    AxialPositionalEmbedding,
+    ChanLayerNorm,
+)
+from flaxattn.layers.axial import PermuteToFrom as AxialPermuteToFrom
+from flaxattn.layers.axial import PreNorm as AxialPreNorm
+from flaxattn.layers.axial import SelfAttention as AxialSelfAttention
+from flaxattn.layers.axial import Sequential as AxialSequential
 from flaxattn.layers.cbam import (
     CBAM,
     ChannelAttention,
@@ -19,12 +29,23 @@ from flaxattn.layers.se import SELayer
 from flaxattn.layers.self_attention import SelfAttention
 from flaxattn.models.cbam_resnet import CBAMResNet
 from flaxattn.ops.nn import BatchNorm, Conv2d, DropPath, LayerNorm, Linear
+from flaxattn.ops.reversible import ReversibleBlock, ReversibleSequence
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CBAMResNet",
     "AttentionGate",
+    "AxialAttention",
+    "AxialImageTransformer",
+    "AxialPermuteToFrom",
+    "AxialPositionalEmbedding",
+    "AxialPreNorm",
+    "AxialSelfAttention",
+    "AxialSequential",
+    "ChanLayerNorm",
+    "ReversibleBlock",
+    "ReversibleSequence",
     "BatchNorm",
     "CBAM",
     "ChannelAttention",
