@@ -27,6 +27,7 @@ from flaxattn.layers.cbam import (
 )
 from flaxattn.layers.se import SELayer
 from flaxattn.layers.self_attention import SelfAttention
+from flaxattn.models.axial_classifier import AxialClassifier
 from flaxattn.models.cbam_resnet import CBAMResNet
 from flaxattn.ops.nn import BatchNorm, Conv2d, DropPath, LayerNorm, Linear
 from flaxattn.ops.reversible import ReversibleBlock, ReversibleSequence
@@ -34,6 +35,7 @@ from flaxattn.ops.reversible import ReversibleBlock, ReversibleSequence
 __version__ = "0.1.0"
 
 __all__ = [
+    "AxialClassifier",
     "CBAMResNet",
     "AttentionGate",
     "AxialAttention",

@@ -26,10 +26,12 @@ from torch_ref.layers.cbam import (
 )
 from torch_ref.layers.se import SELayer
 from torch_ref.layers.self_attention import SelfAttention
+from torch_ref.models.axial_classifier import AxialClassifier
 from torch_ref.models.cbam_resnet import CBAMResNet
 from torch_ref.ops.reversible import ReversibleBlock, ReversibleSequence
 
 __all__ = [
+    "AxialClassifier",
     "CBAMResNet",
     "AttentionGate",
     "AxialAttention",

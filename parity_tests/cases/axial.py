@@ -104,6 +104,12 @@ register(
         [(2, 4, 6, 8)],
         **NONE,
     ),
+    # The training registry's classifier: NCHW in torch, NHWC in Flax, the same weights.
+    Case(
+        "axial/classifier",
+        lambda: torch_ref.AxialClassifier(1, 10, dim=8, depth=1, heads=2),
+        [(2, 1, 12, 10)],
+    ),
     # The upstream package's own modules, through from_torch's builders.
     Case(
         "axial/upstream_ait_reversible",
