@@ -84,8 +84,9 @@ def test_reversible_train_step_temp_memory_is_flat_in_depth():
     # A regression test for the XLA scheduling trap described in ops/reversible.py::_after.
     # The full-size series (dim 64, 8x32x32, depth 1..12, reversible and not) is printed
     # by bench/axial_memory.py.
+    # Without the fix in _after this grows to 1.29x at depth 3 (1.03x with it).
     one, three = _temp_mb(1), _temp_mb(3)
-    assert three <= 1.2 * one, (one, three)
+    assert three <= 1.1 * one, (one, three)
 
 
 class _Noisy(nnx.Module):

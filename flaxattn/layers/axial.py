@@ -430,7 +430,7 @@ class AxialImageTransformer(nnx.Module):
 
     Example::
 
-      >>> ait = AxialImageTransformer(16, 2, heads=4, rngs=nnx.Rngs(0))
+      >>> ait = AxialImageTransformer(16, 1, heads=4, rngs=nnx.Rngs(0))
       >>> ait(jnp.ones((2, 6, 5, 16))).shape
       (2, 6, 5, 16)
 

@@ -9,13 +9,13 @@ register_model(
         lambda d: {
             "in_channels": d.channels,
             "num_classes": d.num_classes,
-            "dim": 32,
+            "dim": 24,
             "depth": 2,
             "heads": 4,
             "stem_stride": 2,
             "reversible": True,
         },
-        description="3x3/2 stem, reversible AxialImageTransformer (dim 32, depth 2, 4 heads), "
+        description="3x3/2 stem, reversible AxialImageTransformer (dim 24, depth 2, 4 heads), "
         "mean pool, LayerNorm, Linear",
         train={"lr": 2e-3, "batch_size": 64, "epochs": 3},
     )
