@@ -7,6 +7,16 @@ Importing flaxattn never imports torch. Modules are channels-last (images
 
 from flaxattn.layers.aa_conv import AugmentedConv
 from flaxattn.layers.attention_gate import AttentionGate
+from flaxattn.layers.axial import (
+    AxialAttention,
+    AxialImageTransformer,
+    AxialPositionalEmbedding,
+    ChanLayerNorm,
+)
+from flaxattn.layers.axial import PermuteToFrom as AxialPermuteToFrom
+from flaxattn.layers.axial import PreNorm as AxialPreNorm
+from flaxattn.layers.axial import SelfAttention as AxialSelfAttention
+from flaxattn.layers.axial import Sequential as AxialSequential
 from flaxattn.layers.cbam import (
     CBAM,
     ChannelAttention,
@@ -19,18 +29,29 @@ from flaxattn.layers.cbam import (
 from flaxattn.layers.se import SELayer
 from flaxattn.layers.self_attention import SelfAttention
 from flaxattn.models.aa_wide_resnet import AAWideResNet
+from flaxattn.models.axial_classifier import AxialClassifier
 from flaxattn.models.cbam_resnet import CBAMResNet
 from flaxattn.ops.nn import BatchNorm, Conv2d, DropPath, LayerNorm, Linear
+from flaxattn.ops.reversible import ReversibleBlock, ReversibleSequence
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AAWideResNet",
-    "AugmentedConv",
-    "CBAMResNet",
     "AttentionGate",
+    "AugmentedConv",
+    "AxialAttention",
+    "AxialClassifier",
+    "AxialImageTransformer",
+    "AxialPermuteToFrom",
+    "AxialPositionalEmbedding",
+    "AxialPreNorm",
+    "AxialSelfAttention",
+    "AxialSequential",
     "BatchNorm",
     "CBAM",
+    "CBAMResNet",
+    "ChanLayerNorm",
     "ChannelAttention",
     "ChannelGate",
     "Conv2d",
@@ -39,6 +60,8 @@ __all__ = [
     "LayerNorm",
     "Linear",
     "ResBlockCBAM",
+    "ReversibleBlock",
+    "ReversibleSequence",
     "SELayer",
     "SelfAttention",
     "SpatialAttention",

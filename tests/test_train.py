@@ -292,8 +292,13 @@ def test_bfloat16_compute_keeps_float32_params(tmp_path):
 
 
 def test_cli_list_and_set():
-    proc = subprocess.run([sys.executable, "-m", "train", "--list"], capture_output=True,
-                          text=True, cwd=ROOT, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "train", "--list"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert proc.returncode == 0 and "cbam_resnet" in proc.stdout and "mnist5k" in proc.stdout
     proc = _train("--set", "no_such_arg=3", check=False)
     assert proc.returncode == 2 and "has no argument 'no_such_arg'" in proc.stderr

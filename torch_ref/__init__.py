@@ -6,6 +6,16 @@ every fix is named in the class docstring ("Deviation from upstream: ...").
 
 from torch_ref.layers.aa_conv import AugmentedConv
 from torch_ref.layers.attention_gate import AttentionGate
+from torch_ref.layers.axial import (
+    AxialAttention,
+    AxialImageTransformer,
+    AxialPositionalEmbedding,
+    ChanLayerNorm,
+)
+from torch_ref.layers.axial import PermuteToFrom as AxialPermuteToFrom
+from torch_ref.layers.axial import PreNorm as AxialPreNorm
+from torch_ref.layers.axial import SelfAttention as AxialSelfAttention
+from torch_ref.layers.axial import Sequential as AxialSequential
 from torch_ref.layers.cbam import (
     CBAM,
     ChannelAttention,
@@ -18,18 +28,31 @@ from torch_ref.layers.cbam import (
 from torch_ref.layers.se import SELayer
 from torch_ref.layers.self_attention import SelfAttention
 from torch_ref.models.aa_wide_resnet import AAWideResNet
+from torch_ref.models.axial_classifier import AxialClassifier
 from torch_ref.models.cbam_resnet import CBAMResNet
+from torch_ref.ops.reversible import ReversibleBlock, ReversibleSequence
 
 __all__ = [
     "AAWideResNet",
-    "AugmentedConv",
-    "CBAMResNet",
     "AttentionGate",
+    "AugmentedConv",
+    "AxialAttention",
+    "AxialClassifier",
+    "AxialImageTransformer",
+    "AxialPermuteToFrom",
+    "AxialPositionalEmbedding",
+    "AxialPreNorm",
+    "AxialSelfAttention",
+    "AxialSequential",
     "CBAM",
+    "CBAMResNet",
+    "ChanLayerNorm",
     "ChannelAttention",
     "ChannelGate",
     "JongchanCBAM",
     "ResBlockCBAM",
+    "ReversibleBlock",
+    "ReversibleSequence",
     "SELayer",
     "SelfAttention",
     "SpatialAttention",

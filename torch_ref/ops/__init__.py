@@ -1,0 +1,1 @@
+"""PyTorch twins of ``flaxattn.ops`` helpers that hold modules."""
