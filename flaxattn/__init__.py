@@ -17,12 +17,18 @@ from flaxattn.layers.cbam import (
 )
 from flaxattn.layers.se import SELayer
 from flaxattn.layers.self_attention import SelfAttention
+from flaxattn.layers.vit import Attention, FeedForward, PreNorm, Transformer, ViT
 from flaxattn.models.cbam_resnet import CBAMResNet
 from flaxattn.ops.nn import BatchNorm, Conv2d, DropPath, LayerNorm, Linear
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Attention",
+    "FeedForward",
+    "PreNorm",
+    "Transformer",
+    "ViT",
     "CBAMResNet",
     "AttentionGate",
     "BatchNorm",

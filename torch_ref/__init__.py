@@ -16,9 +16,15 @@ from torch_ref.layers.cbam import (
 )
 from torch_ref.layers.se import SELayer
 from torch_ref.layers.self_attention import SelfAttention
+from torch_ref.layers.vit import Attention, FeedForward, PreNorm, Transformer, ViT
 from torch_ref.models.cbam_resnet import CBAMResNet
 
 __all__ = [
+    "Attention",
+    "FeedForward",
+    "PreNorm",
+    "Transformer",
+    "ViT",
     "CBAMResNet",
     "AttentionGate",
     "CBAM",
