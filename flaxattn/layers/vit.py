@@ -247,21 +247,27 @@ class Transformer(nnx.Module):
 def _scan_layers(layers: Sequence[nnx.Module], block: Callable, x: jax.Array) -> jax.Array:
     """``for layer in layers: x = block(layer, x)`` as one ``lax.scan``.
 
-    The layers must be alike (same structure and mode). Their states (parameters,
-    RNG streams) are stacked on the fly and the updated ones (RNG counters)
-    written back, so the module tree keeps one entry per layer.
+    The layers must be alike (same structure and mode). Their states are
+    stacked on the fly; when a dropout draws masks, the advanced RNG counters
+    are written back, so the module tree keeps one entry per layer and behaves
+    as the unrolled loop does (which also mutates nothing in eval mode).
     """
     graphdef, _ = nnx.split(layers[0])
     stacked = jax.tree.map(lambda *a: jnp.stack(a), *[nnx.state(layer) for layer in layers])
+    draws = any(
+        isinstance(m, nnx.Dropout) and m.rate > 0 and not m.deterministic
+        for _, m in nnx.iter_modules(layers[0])
+    )
 
     def body(carry, state):
         layer = nnx.merge(graphdef, state)
         carry = block(layer, carry)
-        return carry, nnx.state(layer)
+        return carry, nnx.state(layer, nnx.Not(nnx.Param)) if draws else None
 
     x, new = jax.lax.scan(body, x, stacked)
-    for i, layer in enumerate(layers):
-        nnx.update(layer, jax.tree.map(lambda a, i=i: a[i], new))
+    if draws:
+        for i, layer in enumerate(layers):
+            nnx.update(layer, jax.tree.map(lambda a, i=i: a[i], new))
     return x
 
 
