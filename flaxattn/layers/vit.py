@@ -322,6 +322,15 @@ class ViT(nnx.Module):
     Shapes: ``(B, H, W, channels) -> (B, num_classes)``, or ``(B, N, dim)`` tokens
     when ``num_classes == 0`` (``N`` = patches, plus one with a cls token).
 
+    Example:
+
+    >>> vit = ViT(image_size=(32, 24), patch_size=8, num_classes=10, dim=64, depth=2,
+    ...           heads=4, dim_head=16, mlp_dim=128, rngs=nnx.Rngs(0))
+    >>> vit(jnp.ones((2, 32, 24, 3))).shape
+    (2, 10)
+    >>> vit.pos_embedding.shape  # 4 x 3 patches and the cls token
+    (1, 13, 64)
+
     Deviation from upstream: an image of another size or channel count is a
     ``ValueError``; upstream slices ``pos_embedding`` to the token count, so it
     silently runs smaller images, and any image with the same number of patches.
