@@ -42,6 +42,7 @@ register(
         "vit/prenorm_feedforward",
         lambda: torch_ref.PreNorm(12, torch_ref.FeedForward(12, 20)),
         [(1, 7, 12)],
+        dtypes=("float64",),
     ),
     Case("vit/attention", lambda: torch_ref.Attention(16, heads=3, dim_head=5), [(2, 7, 16)]),
     Case(
@@ -53,12 +54,14 @@ register(
         "vit/attention_scale",
         lambda: torch_ref.Attention(12, heads=2, dim_head=6, scale=12**-0.5),
         [(2, 4, 12)],
+        dtypes=("float64",),
     ),
     Case("vit/transformer", lambda: torch_ref.Transformer(16, 2, 2, 8, 24), [(2, 9, 16)]),
     Case(
         "vit/transformer_final_norm",
         lambda: torch_ref.Transformer(12, 1, 3, 4, 16, final_norm=True),
         [(1, 6, 12)],
+        dtypes=("float64",),
     ),
     Case("vit/cls_rect_depth2", lambda: torch_ref.ViT(**_vit(depth=2)), [(2, 3, 8, 12)]),
     Case("vit/mean_rect", lambda: torch_ref.ViT(**_vit(pool="mean")), [(2, 3, 8, 12)]),
@@ -86,7 +89,7 @@ register(
     # The installed vit-pytorch release itself (key layout "vit-pytorch 1.16.1+").
     Case("vit/upstream_cls", _upstream(depth=2), [(2, 3, 8, 12)]),
     Case("vit/upstream_mean", _upstream(pool="mean", channels=2), [(1, 2, 8, 12)]),
-    Case("vit/upstream_no_head", _upstream(num_classes=0), [(2, 3, 8, 12)]),
+    Case("vit/upstream_no_head", _upstream(num_classes=0), [(2, 3, 8, 12)], dtypes=("float64",)),
 )
 
 _KW = dict(num_classes=10, dim=16, depth=1, heads=2, mlp_dim=16)
