@@ -38,7 +38,15 @@ class _Missing:
 def _stub_module(name: str) -> types.ModuleType:
     mod = types.ModuleType(name)
     mod.__doc__ = "stand-in installed by parity_tests.upstream: torchvision is not installed"
-    mod.__getattr__ = lambda attr: _Missing(f"{name}.{attr}")  # PEP 562
+
+    def __getattr__(attr: str):  # PEP 562
+        # Private and dunder names stay missing: tools that scan sys.modules
+        # (hypothesis, inspect) probe __file__, __path__ and the like.
+        if attr.startswith("_"):
+            raise AttributeError(f"module {name!r} has no attribute {attr!r}")
+        return _Missing(f"{name}.{attr}")
+
+    mod.__getattr__ = __getattr__
     return mod
 
 

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn.dtypes import promote_dtype
 
-from flaxattn.ops.checks import check_choice, check_positive
+from flaxattn.ops.checks import check_choice, check_input, check_positive
 from flaxattn.ops.nn import Dtype, LayerNorm, Linear, gelu
 
 
@@ -157,6 +157,7 @@ class Attention(nnx.Module):
             self.to_out = nnx.Sequential(Linear(inner_dim, dim, **kw), _dropout(dropout, rngs))
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        check_input(x, rank=3, last=self.dim, layout=f"(B, N, {self.dim})", where="Attention")
         h, d = self.heads, self.dim_head
         w = self.to_qkv.kernel[...]
         x, w = promote_dtype((x, w), dtype=self.dtype)

@@ -123,6 +123,12 @@ register(
     BadArgs("FeedForward", (16, 32, -0.1), match=r"`dropout` \(=-0.1\) must be in \[0, 1\)"),
     BadArgs("Transformer", (16, 0, 2, 8, 32), match=r"`depth` \(=0\) must be positive"),
     BadCall(
+        "Attention features",
+        lambda: flaxattn.Attention(16, 2, 8, rngs=nnx.Rngs(0)),
+        [(2, 5, 12)],
+        r"Attention: expected `x` of shape \(B, N, 16\), got \(2, 5, 12\)",
+    ),
+    BadCall(
         "ViT image size",
         lambda: flaxattn.ViT(image_size=32, patch_size=4, **_KW, rngs=nnx.Rngs(0)),
         [(2, 16, 16, 3)],
