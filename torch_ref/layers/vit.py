@@ -213,18 +213,11 @@ class ViT(Twin):
         num_cls = 1 if pool == "cls" or mean_with_cls else 0
         self.image_size, self.patch_size, self.channels = (ih, iw), (ph, pw), channels
 
-        norms = (nn.LayerNorm(patch_dim), nn.LayerNorm(dim)) if patch_norm else (None, None)
+        embed = [nn.Linear(patch_dim, dim)]
+        if patch_norm:
+            embed = [nn.LayerNorm(patch_dim), *embed, nn.LayerNorm(dim)]
         self.to_patch_embedding = nn.Sequential(
-            *[
-                layer
-                for layer in (
-                    Rearrange("b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=ph, p2=pw),
-                    norms[0],
-                    nn.Linear(patch_dim, dim),
-                    norms[1],
-                )
-                if layer is not None
-            ]
+            Rearrange("b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=ph, p2=pw), *embed
         )
         self.pos_embedding = nn.Parameter(torch.randn(1, num_patches + num_cls, dim))
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim)) if num_cls else None
