@@ -28,6 +28,7 @@ from flaxattn.layers.cbam import (
 )
 from flaxattn.layers.se import SELayer
 from flaxattn.layers.self_attention import SelfAttention
+from flaxattn.layers.vit import Attention, FeedForward, PreNorm, Transformer, ViT
 from flaxattn.models.aa_wide_resnet import AAWideResNet
 from flaxattn.models.axial_classifier import AxialClassifier
 from flaxattn.models.cbam_resnet import CBAMResNet
@@ -38,6 +39,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AAWideResNet",
+    "Attention",
     "AttentionGate",
     "AugmentedConv",
     "AxialAttention",
@@ -56,9 +58,11 @@ __all__ = [
     "ChannelGate",
     "Conv2d",
     "DropPath",
+    "FeedForward",
     "JongchanCBAM",
     "LayerNorm",
     "Linear",
+    "PreNorm",
     "ResBlockCBAM",
     "ReversibleBlock",
     "ReversibleSequence",
@@ -66,4 +70,6 @@ __all__ = [
     "SelfAttention",
     "SpatialAttention",
     "SpatialGate",
+    "Transformer",
+    "ViT",
 ]

@@ -505,7 +505,8 @@ def compare_results(
             if worst <= zero_tol:
                 row.ok = True
                 row.note = f"structurally zero: |g| <= {worst:.1e} (bound {zero_tol:.1e})"
-        elif not (np.any(cg != 0) and np.any(rg != 0)):
+        # A zero-size parameter (an empty token table) has nothing to receive.
+        elif rg.size and not (np.any(cg != 0) and np.any(rg != 0)):
             row.ok = False
             row.note = "no gradient reached this parameter"
         add(row)

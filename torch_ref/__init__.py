@@ -27,6 +27,7 @@ from torch_ref.layers.cbam import (
 )
 from torch_ref.layers.se import SELayer
 from torch_ref.layers.self_attention import SelfAttention
+from torch_ref.layers.vit import Attention, FeedForward, PreNorm, Transformer, ViT
 from torch_ref.models.aa_wide_resnet import AAWideResNet
 from torch_ref.models.axial_classifier import AxialClassifier
 from torch_ref.models.cbam_resnet import CBAMResNet
@@ -34,6 +35,7 @@ from torch_ref.ops.reversible import ReversibleBlock, ReversibleSequence
 
 __all__ = [
     "AAWideResNet",
+    "Attention",
     "AttentionGate",
     "AugmentedConv",
     "AxialAttention",
@@ -49,7 +51,9 @@ __all__ = [
     "ChanLayerNorm",
     "ChannelAttention",
     "ChannelGate",
+    "FeedForward",
     "JongchanCBAM",
+    "PreNorm",
     "ResBlockCBAM",
     "ReversibleBlock",
     "ReversibleSequence",
@@ -57,4 +61,6 @@ __all__ = [
     "SelfAttention",
     "SpatialAttention",
     "SpatialGate",
+    "Transformer",
+    "ViT",
 ]

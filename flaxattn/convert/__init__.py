@@ -21,6 +21,7 @@ from flaxattn.convert.builders import (
 from flaxattn.convert.core import (
     ConversionError,
     Layout,
+    StateKeys,
     TensorMap,
     leaf,
     load_state_dict,
@@ -35,6 +36,7 @@ from flaxattn.convert.io import load_weights, save_weights
 __all__ = [
     "ConversionError",
     "Layout",
+    "StateKeys",
     "TensorMap",
     "build_args",
     "from_torch",

@@ -167,11 +167,25 @@ def tensor_maps(module: nnx.Module) -> list[TensorMap]:
 # --- upstream key layouts ----------------------------------------------------------------
 
 
+class StateKeys(frozenset):
+    """The keys of a state_dict, as ``Layout.matches`` receives them, with each
+    key's shape in ``shapes``: two layouts may share their keys and differ only in
+    shapes (a parameter that lost its batch axis)."""
+
+    shapes: dict[str, tuple[int, ...]]
+
+    def __new__(cls, state_dict: Mapping[str, Any]):
+        keys = super().__new__(cls, state_dict)
+        keys.shapes = {k: tuple(np.shape(v)) for k, v in state_dict.items()}
+        return keys
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """A foreign state_dict layout of one root module class.
 
-    ``matches(keys)`` says whether a key set is in this layout; ``to_canonical``
+    ``matches(keys)`` says whether a key set is in this layout (``keys`` is a
+    :class:`StateKeys`: a set that also knows the shapes); ``to_canonical``
     and ``from_canonical`` convert a state_dict (or a subset of it, such as the
     parameter gradients) between this layout and the canonical one. ``module`` is
     the Flax module being loaded or exported, for layouts that need its config.
@@ -251,8 +265,9 @@ def load_state_dict(
     if layout is not None and layout != "canonical":
         chosen = _find_layout(module, layout)
     elif layout is None and set(sd) != canonical:
+        keys = StateKeys(sd)
         for lay in layouts_for(type(module)):
-            if lay.matches(set(sd)):
+            if lay.matches(keys):
                 chosen = lay
                 break
     if chosen is not None:
