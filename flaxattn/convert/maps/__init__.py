@@ -3,4 +3,4 @@
 Importing this package registers them all; each family adds one module here.
 """
 
-from flaxattn.convert.maps import channel  # noqa: F401
+from flaxattn.convert.maps import acmix, channel  # noqa: F401
