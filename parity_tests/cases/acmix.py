@@ -23,6 +23,12 @@ def _pe_biases(module) -> tuple[str, ...]:
     return tuple(n for n, _ in module.named_parameters() if n.endswith("conv_p.bias"))
 
 
+# BatchNorm after ACmix makes the block almost invariant to scaling both rates
+# together, so their gradients are differences of large, nearly cancelling terms:
+# in float32 they carry ~5e-4 relative round-off (float64 stays at 1e-9).
+_BN_RATES_TOL = {"float32": {"rtol": 2e-3, "atol": 1e-6}}
+
+
 def _bottleneck_s2():
     down = nn.Sequential(nn.Conv2d(16, 16, 1, stride=2, bias=False), nn.BatchNorm2d(16))
     return torch_ref.ACmixBottleneck(16, 4, 3, 2, 3, stride=2, downsample=down)
@@ -62,6 +68,7 @@ register(
         modes=("train",),
         train_steps=2,
         zero_grad_ok=("conv2.conv_p.bias",),
+        tol=_BN_RATES_TOL,
     ),
     Case(
         "acmix/resnet_tiny",
@@ -70,6 +77,7 @@ register(
         modes=("train",),
         train_steps=1,
         zero_grad_ok=_RESNET_PE,
+        tol=_BN_RATES_TOL,
         slow=True,
     ),
 )
