@@ -179,17 +179,6 @@ def local_attention(
 # --- grouped shift convolution --------------------------------------------------------------
 
 
-def _shift_windows(x: jax.Array, k: int, stride: int, out_hw: tuple[int, int]) -> dict:
-    """``{(a, c): x[:, a + i * stride, c + j * stride]}`` for ``i, j < out_hw``."""
-    ho, wo = out_hw
-    span_h, span_w = (ho - 1) * stride + 1, (wo - 1) * stride + 1
-    return {
-        (a, c): x[:, a : a + span_h : stride, c : c + span_w : stride]
-        for a in range(k)
-        for c in range(k)
-    }
-
-
 def _sum_over_rows(k: int, row_term: Callable[[jax.Array], jax.Array], init: jax.Array):
     """``init + sum(row_term(a) for a in range(k))`` as a loop over the kernel rows.
 
@@ -274,14 +263,23 @@ def _shift_conv_bwd(stride, res, gout):
         return df
 
     df = _sum_over_rows(k, row_term, jnp.zeros((b, h, w, g, ci), fp.dtype))
-    # Kernel gradient: one contraction over (B, Ho, Wo) per offset.
-    windows = _shift_windows(fp, k, stride, (ho, wo))
-    dwg = jnp.stack(
+    # Kernel gradient: dw[a, c] = sum_p fp[p] * gd0[p - (a, c)] over the padded grid, with
+    # gd0 the output gradient on the stride grid. Shifting the (smaller) output gradient
+    # makes one contraction over all positions for every offset at once; a contraction
+    # per offset copied a window of `fp` each time.
+    # Group-major layouts put the contracted positions last: no copies for the dot.
+    gd0 = gd[:, e : e + (ho - 1) * stride + 1, e : e + (wo - 1) * stride + 1]
+    gd0 = gd0.transpose(3, 4, 0, 1, 2)  # (g, co, B, Hd, Wd)
+    rest_h, rest_w = hp - gd0.shape[3], wp - gd0.shape[4]
+    shifted = jnp.stack(
         [
-            jnp.stack([jnp.einsum("bhwgi,bhwgo->igo", windows[a, c], gout) for c in range(k)])
+            jnp.pad(gd0, ((0, 0), (0, 0), (0, 0), (a, rest_h - a), (c, rest_w - c)))
             for a in range(k)
-        ]
-    )
+            for c in range(k)
+        ],
+        axis=1,
+    )  # (g, k*k, co, B, Hp, Wp)
+    dwg = jnp.einsum("gibhw,gtobhw->tigo", fp.transpose(3, 4, 0, 1, 2), shifted)
     return df, dwg.reshape(k, k, ci, g * co)
 
 
@@ -439,6 +437,11 @@ class ACmix(nnx.Module):
         )
         self.dep_conv.kernel[...] = shift_identity_kernel(kernel_conv, out_planes, param_dtype)
 
+    def attend(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+        """The attention path's window attention (see :func:`local_attention`); a hook
+        for other implementations (``bench/cases/acmix.py`` times an unfold one)."""
+        return local_attention(q, k, v, self.kernel_att, stride=self.stride, dilation=self.dilation)
+
     def _cast(self, *arrays):
         dtype = self.dtype or jnp.result_type(*arrays)
         return [a.astype(dtype) for a in arrays]
@@ -467,9 +470,7 @@ class ACmix(nnx.Module):
         # the window and cancels in the softmax, and k_j - pe_j is padded as one map.
         pe = position_grid(h, w, x.dtype)[0] @ pk + pb  # (H, W, head_dim)
         q_att = q[:, ::s, ::s] * (float(d) ** -0.5)
-        att = local_attention(
-            q_att, k - pe[:, :, None, :], v, self.kernel_att, stride=s, dilation=self.dilation
-        )
+        att = self.attend(q_att, k - pe[:, :, None, :], v)
         ho, wo = att.shape[1:3]
         out_att = att.reshape(b, ho, wo, c)
 
