@@ -143,7 +143,9 @@ def kaiming_normal_fan_out(key: jax.Array, kernels: Sequence[nnx.Param]) -> None
     compile one random program per shape (seconds for a ResNet).
     """
     sizes = [k.size for k in kernels]
-    noise = np.asarray(jax.random.normal(key, (sum(sizes),), jnp.float32))
+    noise = jax.random.normal(key, (sum(sizes),), jnp.float32)
+    if not isinstance(noise, jax.core.Tracer):  # traced (eval_shape, jit): stay in jnp
+        noise = np.asarray(noise)
     offset = 0
     for kernel, size in zip(kernels, sizes, strict=True):
         fan_out = kernel.shape[-1] * math.prod(kernel.shape[:-2])
