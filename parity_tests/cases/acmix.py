@@ -77,7 +77,9 @@ register(
         modes=("train",),
         train_steps=1,
         zero_grad_ok=_RESNET_PE,
-        tol=_BN_RATES_TOL,
+        # float32 train mode is covered by the bottleneck case; the network's float32
+        # compile alone would double this case's share of the suite's time.
+        dtypes=("float64",),
         slow=True,
     ),
 )
