@@ -6,6 +6,7 @@ Importing flaxattn never imports torch. Modules are channels-last (images
 """
 
 from flaxattn.layers.aa_conv import AugmentedConv
+from flaxattn.layers.acmix import ACmix, local_attention
 from flaxattn.layers.attention_gate import AttentionGate
 from flaxattn.layers.axial import (
     AxialAttention,
@@ -30,6 +31,13 @@ from flaxattn.layers.se import SELayer
 from flaxattn.layers.self_attention import SelfAttention
 from flaxattn.layers.vit import Attention, FeedForward, PreNorm, Transformer, ViT
 from flaxattn.models.aa_wide_resnet import AAWideResNet
+from flaxattn.models.acmix_resnet import (
+    ACmixResNet,
+    acmix_resnet26,
+    acmix_resnet38,
+    acmix_resnet50,
+)
+from flaxattn.models.acmix_resnet import Bottleneck as ACmixBottleneck
 from flaxattn.models.axial_classifier import AxialClassifier
 from flaxattn.models.cbam_resnet import CBAMResNet
 from flaxattn.ops.nn import BatchNorm, Conv2d, DropPath, LayerNorm, Linear
@@ -39,6 +47,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AAWideResNet",
+    "ACmix",
+    "acmix_resnet26",
+    "acmix_resnet38",
+    "acmix_resnet50",
+    "ACmixBottleneck",
+    "ACmixResNet",
     "Attention",
     "AttentionGate",
     "AugmentedConv",
@@ -62,6 +76,7 @@ __all__ = [
     "JongchanCBAM",
     "LayerNorm",
     "Linear",
+    "local_attention",
     "PreNorm",
     "ResBlockCBAM",
     "ReversibleBlock",

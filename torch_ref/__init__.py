@@ -5,6 +5,7 @@ every fix is named in the class docstring ("Deviation from upstream: ...").
 """
 
 from torch_ref.layers.aa_conv import AugmentedConv
+from torch_ref.layers.acmix import ACmix
 from torch_ref.layers.attention_gate import AttentionGate
 from torch_ref.layers.axial import (
     AxialAttention,
@@ -29,12 +30,25 @@ from torch_ref.layers.se import SELayer
 from torch_ref.layers.self_attention import SelfAttention
 from torch_ref.layers.vit import Attention, FeedForward, PreNorm, Transformer, ViT
 from torch_ref.models.aa_wide_resnet import AAWideResNet
+from torch_ref.models.acmix_resnet import (
+    ACmixResNet,
+    acmix_resnet26,
+    acmix_resnet38,
+    acmix_resnet50,
+)
+from torch_ref.models.acmix_resnet import Bottleneck as ACmixBottleneck
 from torch_ref.models.axial_classifier import AxialClassifier
 from torch_ref.models.cbam_resnet import CBAMResNet
 from torch_ref.ops.reversible import ReversibleBlock, ReversibleSequence
 
 __all__ = [
     "AAWideResNet",
+    "ACmix",
+    "acmix_resnet26",
+    "acmix_resnet38",
+    "acmix_resnet50",
+    "ACmixBottleneck",
+    "ACmixResNet",
     "Attention",
     "AttentionGate",
     "AugmentedConv",
