@@ -15,9 +15,20 @@ from flaxattn.layers.cbam import (
     SpatialAttention,
     SpatialGate,
 )
+from flaxattn.layers.dilate import DilateAttention, DilateBlock, MultiDilateLocalAttention
+from flaxattn.layers.dilate import GlobalBlock as DilateGlobalBlock
+from flaxattn.layers.dilate import Mlp as DilateMlp
 from flaxattn.layers.se import SELayer
 from flaxattn.layers.self_attention import SelfAttention
 from flaxattn.models.cbam_resnet import CBAMResNet
+from flaxattn.models.dilateformer import (
+    DilateFormer,
+    dilateformer_base,
+    dilateformer_small,
+    dilateformer_tiny,
+)
+from flaxattn.models.dilateformer import PatchEmbed as DilatePatchEmbed
+from flaxattn.models.dilateformer import PatchMerging as DilatePatchMerging
 from flaxattn.ops.nn import BatchNorm, Conv2d, DropPath, LayerNorm, Linear
 
 __version__ = "0.1.0"
@@ -30,13 +41,24 @@ __all__ = [
     "ChannelAttention",
     "ChannelGate",
     "Conv2d",
+    "DilateAttention",
+    "DilateBlock",
+    "DilateFormer",
+    "DilateGlobalBlock",
+    "DilateMlp",
+    "DilatePatchEmbed",
+    "DilatePatchMerging",
     "DropPath",
     "JongchanCBAM",
     "LayerNorm",
     "Linear",
+    "MultiDilateLocalAttention",
     "ResBlockCBAM",
     "SELayer",
     "SelfAttention",
     "SpatialAttention",
     "SpatialGate",
+    "dilateformer_base",
+    "dilateformer_small",
+    "dilateformer_tiny",
 ]

@@ -14,9 +14,20 @@ from torch_ref.layers.cbam import (
     SpatialAttention,
     SpatialGate,
 )
+from torch_ref.layers.dilate import DilateAttention, DilateBlock, MultiDilateLocalAttention
+from torch_ref.layers.dilate import GlobalBlock as DilateGlobalBlock
+from torch_ref.layers.dilate import Mlp as DilateMlp
 from torch_ref.layers.se import SELayer
 from torch_ref.layers.self_attention import SelfAttention
 from torch_ref.models.cbam_resnet import CBAMResNet
+from torch_ref.models.dilateformer import (
+    DilateFormer,
+    dilateformer_base,
+    dilateformer_small,
+    dilateformer_tiny,
+)
+from torch_ref.models.dilateformer import PatchEmbed as DilatePatchEmbed
+from torch_ref.models.dilateformer import PatchMerging as DilatePatchMerging
 
 __all__ = [
     "CBAMResNet",
@@ -24,10 +35,21 @@ __all__ = [
     "CBAM",
     "ChannelAttention",
     "ChannelGate",
+    "DilateAttention",
+    "DilateBlock",
+    "DilateFormer",
+    "DilateGlobalBlock",
+    "DilateMlp",
+    "DilatePatchEmbed",
+    "DilatePatchMerging",
     "JongchanCBAM",
+    "MultiDilateLocalAttention",
     "ResBlockCBAM",
     "SELayer",
     "SelfAttention",
     "SpatialAttention",
     "SpatialGate",
+    "dilateformer_base",
+    "dilateformer_small",
+    "dilateformer_tiny",
 ]

@@ -3,4 +3,7 @@
 Importing this package registers them all; each family adds one module here.
 """
 
-from flaxattn.convert.maps import channel  # noqa: F401
+from flaxattn.convert.maps import (
+    channel,  # noqa: F401
+    dilate,  # noqa: F401
+)

@@ -1,0 +1,266 @@
+"""DilateFormer family: dilated attention (SWDA), MSDA, blocks, stem/merging, the full model.
+
+Layouts: ``DilateAttention``'s twin takes q, k, v as ``(B, d, H, W)`` and returns
+``(B, H, W, d)`` (upstream's layout), the Flax one is channels-last throughout;
+``MultiDilateLocalAttention`` and ``GlobalAttention`` are channels-last on both
+sides; blocks, stages and the model are NCHW in torch.
+
+The checker fails any parameter whose gradient is zero on either side, so every
+MSDA/block/model case also asserts that ``attn.qkv`` and ``norm1`` get gradients
+(upstream's in-place ``x[i] = ...`` breaks backward; the blog's ``.detach()`` cuts them).
+Train mode only differs from eval where there is BatchNorm (stem, merging); the
+blocks have no dropout here, so they run in eval mode only.
+"""
+
+from flax import nnx
+
+import flaxattn
+import torch_ref
+from flaxattn.layers import dilate as fl
+from flaxattn.models import dilateformer as fm
+from parity_tests.registry import BadArgs, BadCall, Case, GoldenCase, register
+from torch_ref.layers import dilate as tl
+
+_QKV = dict(layouts=("nchw", "nchw", "nchw"), out_layouts="none")
+_LAST = dict(layouts="none", out_layouts="none")
+# A conv bias right before train-mode BatchNorm cancels: its gradient is round-off.
+_MERGE_BIAS = tuple(f"stages.{i}.downsample.proj.0.bias" for i in range(3))
+
+
+def _mini(**kw):
+    """A 4-stage DilateFormer small enough for float64 parity in seconds."""
+    args = dict(
+        img_size=32,
+        embed_dim=6,
+        depths=[1, 1, 1, 1],
+        num_heads=[3, 3, 6, 6],
+        num_classes=5,
+        drop_path=0.0,
+    )
+    args.update(kw)
+    return torch_ref.DilateFormer(**args)
+
+
+register(
+    # SWDA: dilations 1-3, kernels 3 and 5; windows larger than the map (zero padding).
+    Case("dilate/attention_d1", lambda: tl.DilateAttention(4), [(2, 8, 7, 9)] * 3, **_QKV),
+    Case(
+        "dilate/attention_d2_batch1",
+        lambda: tl.DilateAttention(3, dilation=2),
+        [(1, 6, 6, 5)] * 3,
+        **_QKV,
+    ),
+    Case(
+        "dilate/attention_d3_k5",
+        lambda: tl.DilateAttention(4, kernel_size=5, dilation=3, qk_scale=0.3),
+        [(2, 8, 5, 7)] * 3,
+        **_QKV,
+    ),
+    Case(
+        "dilate/msda",
+        lambda: torch_ref.MultiDilateLocalAttention(12, 6, qkv_bias=True),
+        [(2, 7, 9, 12)],
+        **_LAST,
+    ),
+    Case(
+        "dilate/msda_k5_two_groups_batch1",
+        lambda: torch_ref.MultiDilateLocalAttention(16, 4, kernel_size=5, dilation=[1, 3]),
+        [(1, 6, 5, 16)],
+        **_LAST,
+    ),
+    Case("dilate/block", lambda: torch_ref.DilateBlock(12, 3), [(2, 12, 7, 9)]),
+    Case(
+        "dilate/block_cpe",
+        lambda: torch_ref.DilateBlock(12, 6, 2.0, True, cpe_per_block=True, dilation=[1, 2]),
+        [(1, 12, 8, 8)],
+    ),
+    Case(
+        "dilate/global_block_cpe",
+        lambda: torch_ref.DilateGlobalBlock(12, 3, qkv_bias=True, cpe_per_block=True),
+        [(2, 12, 5, 3)],
+    ),
+    Case(
+        "dilate/merging_conv2_2_cpe",
+        lambda: torch_ref.DilatePatchMerging(6, 12, "conv2_2", cpe_per_stage=True),
+        [(2, 6, 6, 4)],
+        modes=("eval", "train"),
+        zero_grad_ok=("proj.0.bias",),
+    ),
+    Case(
+        "dilate/merging_avgpool3_2",
+        lambda: torch_ref.DilatePatchMerging(6, 12, "avgpool3_2"),
+        [(2, 6, 7, 5)],
+        modes=("eval", "train"),
+        zero_grad_ok=("proj.1.bias",),
+    ),
+    Case(
+        "dilate/dilateformer_mini",
+        lambda: _mini(),
+        [(2, 3, 32, 28)],
+        modes=("eval", "train"),
+        train_steps=2,
+        zero_grad_ok=_MERGE_BIAS,
+    ),
+    Case(
+        "dilate/dilateformer_pointconv_avgpool2_2",
+        lambda: _mini(
+            img_size=(64, 32),
+            patch_way="pointconv",
+            merging_way="avgpool2_2",
+            cpe_per_stage=True,
+            dilate_attention=[True, False, True, False],
+            num_classes=0,
+        ),
+        [(1, 3, 64, 32)],
+        dtypes=("float64",),
+    ),
+    Case(
+        "dilate/dilateformer_nonoverlaping",
+        lambda: _mini(
+            patch_way="nonoverlaping",
+            patch_size=2,
+            depths=[1, 1],
+            num_heads=[3, 6],
+            dilate_attention=[True, False],
+            downsamples=[True, False],
+            img_size=12,
+        ),
+        [(2, 3, 12, 10)],
+        dtypes=("float64",),
+    ),
+)
+
+# Upstream runs (JIAOJIAYUASD/dilateformer); state_dict keys equal ours.
+register(
+    GoldenCase(
+        "dilate_attention_k5.npz",
+        lambda kw: tl.DilateAttention(**kw),
+        layouts=("nchw", "nchw", "nchw"),
+        out_layouts="none",
+    ),
+    GoldenCase(
+        "dilate_msda.npz",
+        lambda kw: torch_ref.MultiDilateLocalAttention(**kw),
+        layouts="none",
+        out_layouts="none",
+    ),
+    GoldenCase("dilate_block_cpe.npz", lambda kw: torch_ref.DilateBlock(**kw)),
+    GoldenCase("dilateformer_mini.npz", lambda kw: torch_ref.DilateFormer(**kw)),
+    GoldenCase("dilateformer_mini_rect.npz", lambda kw: torch_ref.DilateFormer(**kw)),
+)
+
+
+def _abstract(make):
+    """The module's structure without its weights: call-time checks run before any
+    compute, and an eager init of a whole model would compile one kernel per shape."""
+    return lambda: nnx.eval_shape(lambda: make(rngs=nnx.Rngs(0)))
+
+
+def _rngs():
+    return nnx.Rngs(0)
+
+
+register(
+    BadArgs(
+        "MultiDilateLocalAttention",
+        (36, 4),
+        match=r"`num_heads` \(=4\) must be a multiple of the number of dilations \(=3\)",
+    ),
+    BadArgs(
+        "MultiDilateLocalAttention",
+        (32, 6),
+        match=r"`dim` \(=32\) must be divisible by `num_heads` \(=6\)",
+    ),
+    BadArgs(
+        "MultiDilateLocalAttention",
+        (24, 6),
+        {"kernel_size": 4},
+        match=r"`kernel_size` \(=4\) must be odd",
+    ),
+    BadArgs(
+        "MultiDilateLocalAttention",
+        (24, 6),
+        {"dilation": []},
+        match=r"`dilation` \(=\[\]\) must be a non-empty list",
+    ),
+    BadArgs("DilateAttention", (8,), {"kernel_size": 2}, match=r"`kernel_size` \(=2\) must be odd"),
+    BadArgs("DilateAttention", (8,), {"dilation": 0}, match=r"`dilation` \(=0\) must be positive"),
+    BadArgs(
+        "DilateBlock",
+        (24, 4),
+        match=r"`num_heads` \(=4\) must be a multiple of the number of dilations \(=3\)",
+    ),
+    BadArgs("DilateGlobalBlock", (24, 5), match=r"`dim` \(=24\) must be divisible by `num_heads`"),
+    BadArgs(
+        "DilateFormer",
+        kwargs={"img_size": 60, "merging_way": "conv2_2"},
+        match=r"`img_size` \(=60\) gives stage 0 a 15x15 map, which merging_way 'conv2_2'",
+    ),
+    BadArgs(
+        "DilateFormer",
+        kwargs={"img_size": (30, 32), "patch_way": "nonoverlaping"},
+        match=r"`img_size` \(=\(30, 32\)\) does not split into 4x4 patches",
+    ),
+    BadArgs(
+        "DilateFormer",
+        kwargs={"num_heads": [3, 6, 12]},
+        match=r"`num_heads` \(=\[3, 6, 12\]\) must have one entry per stage",
+    ),
+    BadArgs(
+        "DilateFormer",
+        kwargs={"downsamples": [True, True, True, True]},
+        match=r"`downsamples` \(=\[True, True, True, True\]\) must be True for every stage",
+    ),
+    BadArgs("DilateFormer", kwargs={"kernel_size": 4}, match=r"`kernel_size` \(=4\) must be odd"),
+    BadArgs(
+        "DilateFormer",
+        kwargs={"patch_way": "overlapping"},
+        match=r"`patch_way` \(='overlapping'\) must be one of",
+    ),
+    BadArgs(
+        "DilatePatchMerging",
+        (8, 16, "avgpool"),
+        match=r"`merging_way` \(='avgpool'\) must be one of",
+    ),
+    BadCall(
+        "MultiDilateLocalAttention channels",
+        lambda: fl.MultiDilateLocalAttention(12, 3, rngs=_rngs()),
+        [(2, 5, 5, 16)],
+        r"expected `x` of shape \(B, H, W, 12\), got \(2, 5, 5, 16\)",
+    ),
+    BadCall(
+        "DilateAttention mismatched k",
+        lambda: fl.DilateAttention(4, rngs=_rngs()),
+        [(2, 5, 5, 8), (2, 5, 4, 8), (2, 5, 5, 8)],
+        r"got `k` of shape \(2, 5, 4, 8\) \(`q`: \(2, 5, 5, 8\)\)",
+    ),
+    BadCall(
+        "DilateAttention head_dim",
+        lambda: fl.DilateAttention(4, rngs=_rngs()),
+        [(2, 5, 5, 6)] * 3,
+        r"d a multiple of head_dim=4, got `q` of shape \(2, 5, 5, 6\)",
+    ),
+    BadCall(
+        "DilateFormer odd map for 2x2 merging",
+        _abstract(
+            lambda rngs: fm.DilateFormer(
+                img_size=32,
+                embed_dim=6,
+                depths=[1, 1],
+                num_heads=[3, 3],
+                dilate_attention=[True, False],
+                downsamples=[True, False],
+                merging_way="conv2_2",
+                rngs=rngs,
+            )
+        ),
+        [(1, 36, 36, 3)],
+        r"an input of size 36x36 gives stage 0 a 9x9 map, which merging_way 'conv2_2'",
+    ),
+    BadCall(
+        "DilateFormer channels",
+        _abstract(lambda rngs: flaxattn.dilateformer_tiny(img_size=32, num_classes=3, rngs=rngs)),
+        [(1, 32, 32, 1)],
+        r"expected `x` of shape \(B, H, W, 3\), got \(1, 32, 32, 1\)",
+    ),
+)
