@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import importlib
 import json
 import sys
@@ -192,19 +193,10 @@ def torch_vjp(
     }
 
 
-def flax_vjp(
-    module: nnx.Module,
-    inputs: Sequence[jax.Array],
-    cotangents: Sequence[jax.Array],
-    *,
-    jit: bool = True,
-) -> dict:
-    """The Flax side of :func:`torch_vjp` (inputs in Flax layout); updates ``module``'s
-    non-parameter state (running statistics, RNG counters) as a forward call would.
-
-    Returns ``out`` (list), ``grad_in`` (list) and ``grads`` (by Flax path).
-    """
-    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+@functools.lru_cache(maxsize=16)
+def _vjp_runner(graphdef: nnx.GraphDef, jit: bool) -> Callable:
+    """The (jitted) VJP of a module structure, cached so that the steps of one
+    parity run (same structure, same shapes) compile once, not once per step."""
 
     def forward(p, xs, r):
         m = nnx.merge(graphdef, p, r)
@@ -223,8 +215,23 @@ def flax_vjp(
         gp, gx = vjp_fn([c.astype(y.dtype) for c, y in zip(cots, ys, strict=True)])
         return ys, gp, gx, new_r
 
-    if jit:
-        run = jax.jit(run)
+    return jax.jit(run) if jit else run
+
+
+def flax_vjp(
+    module: nnx.Module,
+    inputs: Sequence[jax.Array],
+    cotangents: Sequence[jax.Array],
+    *,
+    jit: bool = True,
+) -> dict:
+    """The Flax side of :func:`torch_vjp` (inputs in Flax layout); updates ``module``'s
+    non-parameter state (running statistics, RNG counters) as a forward call would.
+
+    Returns ``out`` (list), ``grad_in`` (list) and ``grads`` (by Flax path).
+    """
+    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+    run = _vjp_runner(graphdef, jit)
     ys, gp, gx, new_rest = run(params, rest, tuple(inputs), tuple(cotangents))
     nnx.update(module, new_rest)
     grads = {path: v[...] for path, v in nnx.to_flat_state(gp)}
