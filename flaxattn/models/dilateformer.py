@@ -46,7 +46,16 @@ from flaxattn.layers.dilate import (
     check_kernel_size,
 )
 from flaxattn.ops.checks import check_choice, check_input, check_positive
-from flaxattn.ops.nn import BatchNorm2d, Conv2d, Dtype, LayerNorm, Linear, gelu
+from flaxattn.ops.nn import (
+    BatchNorm2d,
+    Conv2d,
+    Dtype,
+    LayerNorm,
+    Linear,
+    constant_init,
+    gelu,
+    trunc_normal_init,
+)
 
 PATCH_WAYS = ("overlaping", "nonoverlaping", "pointconv")
 MERGING_WAYS = ("conv3_2", "conv2_2", "avgpool3_2", "avgpool2_2")
@@ -388,33 +397,15 @@ class GlobalStage(_Stage):
         self._downsample(dim, downsample, merging_way, cpe_per_stage, kw)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
-def _linear_init(key: jax.Array, kernels: tuple, biases: tuple, dtype, std: float) -> tuple:
-    # One compiled kernel for every Linear of the model: eagerly, each new shape
-    # would compile its own few ops.
-    keys = jax.random.split(key, len(kernels))
-    ws = [
-        (std * jax.random.truncated_normal(k, -2.0 / std, 2.0 / std, s, jnp.float32)).astype(dtype)
-        for k, s in zip(keys, kernels, strict=True)
-    ]
-    return ws, [None if s is None else jnp.zeros(s, dtype) for s in biases]
-
-
-def _init_weights(module: nnx.Module, key: jax.Array, std: float = 0.02) -> None:
+def _init_weights(module: nnx.Module, rngs: nnx.Rngs, std: float = 0.02) -> None:
     """Upstream's ``_init_weights``: Linear weights ~ N(0, std) cut at +-2 (absolute,
-    i.e. +-100 std, as ``timm.trunc_normal_``), Linear biases 0. LayerNorms already
-    start at 1 and 0."""
-    linears = [m for _, m in nnx.iter_modules(module) if isinstance(m, nnx.Linear)]
-    if not linears:
-        return
-    kernels = tuple(tuple(m.kernel.shape) for m in linears)
-    biases = tuple(None if m.bias is None else tuple(m.bias.shape) for m in linears)
-    dtype = jnp.dtype(linears[0].kernel.dtype)
-    ws, bs = _linear_init(key, kernels, biases, dtype, std)
-    for m, w, b in zip(linears, ws, bs, strict=True):
-        m.kernel[...] = w
-        if b is not None:
-            m.bias[...] = b
+    as ``timm.trunc_normal_``), Linear biases 0; LayerNorms already start at 1 and 0."""
+    weight_init, zero = trunc_normal_init(std), constant_init(0.0)
+    for _, m in nnx.iter_modules(module):
+        if isinstance(m, nnx.Linear):
+            m.kernel[...] = weight_init(rngs.params(), m.kernel.shape, m.kernel.dtype)
+            if m.bias is not None:
+                m.bias[...] = zero(None, m.bias.shape, m.bias.dtype)
 
 
 _LN_EPS6 = functools.partial(LayerNorm, eps=1e-6)
@@ -448,9 +439,14 @@ class DilateFormer(nnx.Module):
 
     Example::
 
-      >>> model = dilateformer_tiny(num_classes=10, rngs=nnx.Rngs(0))
-      >>> model(jnp.ones((1, 96, 128, 3))).shape
+      >>> model = DilateFormer(
+      ...     img_size=64, embed_dim=12, depths=(1, 1, 1, 1), num_heads=(3, 3, 6, 6),
+      ...     num_classes=10, rngs=nnx.Rngs(0),
+      ... )
+      >>> model(jnp.ones((1, 64, 48, 3))).shape  # any size the strides tile
       (1, 10)
+
+    ``dilateformer_tiny(num_classes=..., rngs=...)`` and friends build the presets.
     """
 
     def __init__(
@@ -560,7 +556,7 @@ class DilateFormer(nnx.Module):
         self.head = (
             Linear(self.num_features, num_classes, **kw) if num_classes > 0 else nnx.data(None)
         )
-        _init_weights(self, rngs.params())
+        _init_weights(self, rngs)
 
     def _size_args(self) -> dict:
         return dict(
