@@ -253,6 +253,75 @@ def _dropping(dropout: nnx.Dropout) -> bool:
     return dropout.rate > 0.0 and not dropout.deterministic
 
 
+# --- depthwise conv (conditional position embedding) ------------------------------------
+
+
+def _depthwise_taps(xp: jax.Array, w: jax.Array, h: int, wd: int, flip: bool) -> jax.Array:
+    kh, kw = w.shape[:2]
+    out = None
+    for a in range(kh):
+        for b in range(kw):
+            tap = w[kh - 1 - a, kw - 1 - b] if flip else w[a, b]
+            term = tap * xp[:, a : a + h, b : b + wd]
+            out = term if out is None else out + term
+    return out
+
+
+def _pad_same(x: jax.Array, w: jax.Array) -> jax.Array:
+    ph, pw = w.shape[0] // 2, w.shape[1] // 2
+    return jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+
+
+@jax.custom_vjp
+def _depthwise(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``(B, H, W, C)`` x ``(kh, kw, C)``, stride 1, zero 'same' padding (odd kernel)."""
+    return _depthwise_taps(_pad_same(x, w), w, x.shape[1], x.shape[2], flip=False)
+
+
+def _depthwise_fwd(x, w):
+    return _depthwise(x, w), (x, w)
+
+
+def _depthwise_bwd(res, dy):
+    x, w = res
+    h, wd = x.shape[1:3]
+    # The input gradient is the same sliding sum over dy with the kernel flipped.
+    dx = _depthwise_taps(_pad_same(dy, w), w, h, wd, flip=True)
+    xp = _pad_same(x, w)
+    dw = jnp.stack(
+        [
+            jnp.stack(
+                [
+                    jnp.sum(xp[:, a : a + h, b : b + wd] * dy, axis=(0, 1, 2))
+                    for b in range(w.shape[1])
+                ]
+            )
+            for a in range(w.shape[0])
+        ]
+    )
+    return dx, dw
+
+
+_depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
+class DepthwiseConv2d(Conv2d):
+    """``Conv2d(C, C, k, padding=k // 2, groups=C)`` (parameters and conversion as
+    Conv2d's), computed as a sum of shifted maps with a hand-written backward: XLA:CPU's
+    depthwise convolution is slow, its backward more so (2-3x here at 56x56x72)."""
+
+    def __init__(self, channels: int, kernel_size: int = 3, **kw):
+        super().__init__(
+            channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, **kw
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        bias = self.bias[...] if self.bias is not None else None
+        x, kernel, bias = self.promote_dtype((x, self.kernel[...], bias), dtype=self.dtype)
+        y = _depthwise(x, kernel[:, :, 0, :])
+        return y + bias if bias is not None else y
+
+
 # --- blocks ----------------------------------------------------------------------------------
 
 
@@ -471,7 +540,7 @@ class _Block(nnx.Module):
         check_positive(dim=dim, mlp_ratio=mlp_ratio)
         self.dim = dim
         self.cpe_per_block = cpe
-        self.pos_embed = Conv2d(dim, dim, 3, padding=1, groups=dim, **kw) if cpe else nnx.data(None)
+        self.pos_embed = DepthwiseConv2d(dim, 3, **kw) if cpe else nnx.data(None)
         self.norm1 = norm_layer(dim, **kw)
         self.attn = attn()
         self.drop_path = DropPath(drop_path, rngs=kw["rngs"])

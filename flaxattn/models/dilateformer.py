@@ -39,6 +39,7 @@ import numpy as np
 from flax import nnx
 
 from flaxattn.layers.dilate import (
+    DepthwiseConv2d,
     DilateBlock,
     GlobalBlock,
     check_dilation,
@@ -231,11 +232,7 @@ class PatchMerging(nnx.Module):
         else:
             layers = [_avg_pool(k, 2, pad), Conv2d(in_channels, out_channels, 1, **kw)]
         self.proj = nnx.Sequential(*layers, norm_layer(out_channels, **kw))
-        self.pos_embed = (
-            Conv2d(out_channels, out_channels, 3, padding=1, groups=out_channels, **kw)
-            if cpe_per_stage
-            else nnx.data(None)
-        )
+        self.pos_embed = DepthwiseConv2d(out_channels, 3, **kw) if cpe_per_stage else nnx.data(None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         c = self.in_channels
