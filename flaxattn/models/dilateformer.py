@@ -16,11 +16,10 @@ LayerNorm, global average pooling and a linear head.
 
 Deviations from upstream (the torch_ref twin makes the same ones):
 
-- Any input size the strides tile is accepted; upstream asserts ``img_size``,
-  which here only sets the size checked at construction. The stride-2 3x3 ways
-  (stem, ``'conv3_2'``, ``'avgpool3_2'``) take any size (ceil); the non-overlapping
-  ways (``'nonoverlaping'`` stem, ``'conv2_2'``, ``'avgpool2_2'``) need sizes they
-  split exactly, otherwise a ``ValueError`` names the size and the stage.
+- Any input size the strides allow is accepted; upstream asserts ``img_size``,
+  which here only sets the size checked at construction. Sizes round as the
+  convolutions do (see :func:`feature_sizes`); a size that would leave a stage
+  with an empty map raises a ``ValueError`` naming the size and the stage.
 - ``merging_way='avgpool3_2'``/``'avgpool2_2'`` crash upstream (``nn.AvgPool2d``
   gets the channel counts as pooling arguments, and the norm expects twice the
   input's channels). Here: average pooling, a 1x1 conv to ``out_channels``, the norm
@@ -84,8 +83,10 @@ def feature_sizes(
 ) -> list[tuple[int, int]]:
     """The ``(H, W)`` of the map each stage works on, for an image of ``size``.
 
-    Raises ``ValueError`` (naming the size, as ``what`` when given, and the stage)
-    when a non-overlapping stem or a 2x2 merging would have to drop pixels.
+    The stride-2 3x3 ways (the stems, ``'conv3_2'``, ``'avgpool3_2'``) round up, the
+    non-overlapping ways (``'nonoverlaping'`` stem, ``'conv2_2'``, ``'avgpool2_2'``)
+    round down, as their convolutions and pools do. Raises ``ValueError``, naming the
+    size (as ``what`` when given) and the stage, when a map would come out empty.
     """
     h, w = size
     label = what or f"an input of size {h}x{w}"
@@ -93,10 +94,9 @@ def feature_sizes(
         raise ValueError(f"{label} is empty")
     if patch_way == "nonoverlaping":
         ph, pw = _pair(patch_size, "patch_size")
-        if h % ph or w % pw:
+        if h < ph or w < pw:
             raise ValueError(
-                f"{label} does not split into {ph}x{pw} patches (patch_way 'nonoverlaping'): "
-                "use multiples of `patch_size`"
+                f"{label} is smaller than one {ph}x{pw} patch (patch_way 'nonoverlaping')"
             )
         h, w = h // ph, w // pw
     else:  # two stride-2 3x3 convs
@@ -105,11 +105,11 @@ def feature_sizes(
     for i, down in enumerate(downsamples[:-1]):
         if down:
             if merging_way.endswith("2_2"):
-                if h % 2 or w % 2:
+                if h < 2 or w < 2:
                     raise ValueError(
                         f"{label} gives stage {i} a {h}x{w} map, which merging_way "
-                        f"{merging_way!r} (2x2, stride 2) cannot halve exactly: each stage's "
-                        "map must have even sides"
+                        f"{merging_way!r} (2x2, stride 2) cannot merge: stage {i + 1}'s map "
+                        "would be empty"
                     )
                 h, w = h // 2, w // 2
             else:
@@ -124,7 +124,7 @@ class PatchEmbed(nnx.Module):
 
     Args:
       img_size: nominal input size (checked at construction; any size the stem
-        tiles is accepted at call time).
+        allows is accepted at call time).
       in_chans: image channels.
       hidden_dim: width of the first conv of the overlapping/pointconv stems.
       patch_size: patch side of the ``'nonoverlaping'`` stem.
@@ -237,10 +237,10 @@ class PatchMerging(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         c = self.in_channels
         check_input(x, rank=4, last=c, layout=f"(B, H, W, {c})", where="PatchMerging")
-        if self.merging_way.endswith("2_2") and (x.shape[1] % 2 or x.shape[2] % 2):
+        if self.merging_way.endswith("2_2") and min(x.shape[1:3]) < 2:
             raise ValueError(
-                f"PatchMerging ({self.merging_way!r}) needs even map sides, got `x` of shape "
-                f"{tuple(x.shape)}"
+                f"PatchMerging ({self.merging_way!r}) needs maps of at least 2x2, got `x` of "
+                f"shape {tuple(x.shape)}"
             )
         x = self.proj(x)
         if self.pos_embed is not None:
@@ -440,7 +440,7 @@ class DilateFormer(nnx.Module):
       ...     img_size=64, embed_dim=12, depths=(1, 1, 1, 1), num_heads=(3, 3, 6, 6),
       ...     num_classes=10, rngs=nnx.Rngs(0),
       ... )
-      >>> model(jnp.ones((1, 64, 48, 3))).shape  # any size the strides tile
+      >>> model(jnp.ones((1, 64, 48, 3))).shape  # any size the strides allow
       (1, 10)
 
     ``dilateformer_tiny(num_classes=..., rngs=...)`` and friends build the presets.

@@ -224,13 +224,13 @@ register(
     BadArgs("DilateGlobalBlock", (24, 5), match=r"`dim` \(=24\) must be divisible by `num_heads`"),
     BadArgs(
         "DilateFormer",
-        kwargs={"img_size": 60, "merging_way": "conv2_2"},
-        match=r"`img_size` \(=60\) gives stage 0 a 15x15 map, which merging_way 'conv2_2'",
+        kwargs={"img_size": 8, "merging_way": "conv2_2"},
+        match=r"`img_size` \(=8\) gives stage 1 a 1x1 map, which merging_way 'conv2_2'",
     ),
     BadArgs(
         "DilateFormer",
-        kwargs={"img_size": (30, 32), "patch_way": "nonoverlaping"},
-        match=r"`img_size` \(=\(30, 32\)\) does not split into 4x4 patches",
+        kwargs={"img_size": (2, 32), "patch_way": "nonoverlaping"},
+        match=r"`img_size` \(=\(2, 32\)\) is smaller than one 4x4 patch",
     ),
     BadArgs(
         "DilateFormer",
@@ -272,7 +272,7 @@ register(
         r"d a multiple of head_dim=4, got `q` of shape \(2, 5, 5, 6\)",
     ),
     BadCall(
-        "DilateFormer odd map for 2x2 merging",
+        "DilateFormer map too small for 2x2 merging",
         _abstract(
             lambda rngs: fm.DilateFormer(
                 img_size=32,
@@ -285,8 +285,8 @@ register(
                 rngs=rngs,
             )
         ),
-        [(1, 36, 36, 3)],
-        r"an input of size 36x36 gives stage 0 a 9x9 map, which merging_way 'conv2_2'",
+        [(1, 4, 12, 3)],
+        r"an input of size 4x12 gives stage 0 a 1x3 map, which merging_way 'conv2_2'",
     ),
     BadCall(
         "DilateFormer channels",

@@ -32,7 +32,7 @@ class PatchEmbed(Twin):
     """Stem: ``(B, in_chans, H, W) -> (B, embed_dim, H/4, W/4)`` (``/patch_size``
     for ``'nonoverlaping'``).
 
-    Deviation from upstream: any size the stem tiles is accepted (upstream asserts
+    Deviation from upstream: any size the stem allows is accepted (upstream asserts
     ``img_size``), and ``patch_way`` defaults to ``'overlaping'`` (upstream's default
     ``None`` is refused by its own check).
     """
@@ -115,10 +115,10 @@ class PatchMerging(Twin):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.merging_way.endswith("2_2") and (x.shape[2] % 2 or x.shape[3] % 2):
+        if self.merging_way.endswith("2_2") and min(x.shape[2:]) < 2:
             raise ValueError(
-                f"PatchMerging ({self.merging_way!r}) needs even map sides, got `x` of shape "
-                f"{tuple(x.shape)}"
+                f"PatchMerging ({self.merging_way!r}) needs maps of at least 2x2, got `x` of "
+                f"shape {tuple(x.shape)}"
             )
         x = self.proj(x)
         if self.cpe_per_stage:
@@ -236,7 +236,7 @@ class DilateFormer(Twin):
     """DilateFormer classifier (upstream ``Dilateformer``). ``(B, in_chans, H, W) -> (B, classes)``.
 
     Deviations from upstream: gradients reach every ``qkv`` and ``norm1`` (see
-    ``MultiDilateLocalAttention``); any input size the strides tile is accepted
+    ``MultiDilateLocalAttention``); any input size the strides allow is accepted
     (upstream asserts ``img_size``); the avg-pool merging ways work; upstream's
     ``cpe_per_satge`` is spelt ``cpe_per_stage``. Arguments as the Flax twin.
     """
