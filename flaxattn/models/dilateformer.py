@@ -436,11 +436,13 @@ class DilateFormer(nnx.Module):
 
     Example::
 
-      >>> model = DilateFormer(
-      ...     img_size=64, embed_dim=12, depths=(1, 1, 1, 1), num_heads=(3, 3, 6, 6),
+      >>> model = DilateFormer(  # two stages: dilated attention, then global
+      ...     img_size=32, embed_dim=12, depths=(1, 1), num_heads=(3, 6),
+      ...     dilate_attention=(True, False), downsamples=(True, False),
       ...     num_classes=10, rngs=nnx.Rngs(0),
       ... )
-      >>> model(jnp.ones((1, 64, 48, 3))).shape  # any size the strides allow
+      >>> forward = nnx.jit(lambda model, x: model(x))
+      >>> forward(model, jnp.ones((1, 32, 24, 3))).shape  # any size the strides allow
       (1, 10)
 
     ``dilateformer_tiny(num_classes=..., rngs=...)`` and friends build the presets.

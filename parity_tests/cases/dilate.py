@@ -24,8 +24,6 @@ from torch_ref.layers import dilate as tl
 
 _QKV = dict(layouts=("nchw", "nchw", "nchw"), out_layouts="none")
 _LAST = dict(layouts="none", out_layouts="none")
-# A conv bias right before train-mode BatchNorm cancels: its gradient is round-off.
-_MERGE_BIAS = tuple(f"stages.{i}.downsample.proj.0.bias" for i in range(3))
 
 
 def _with_attn_dropout(torch_module):
@@ -43,6 +41,23 @@ def _mini(**kw):
         depths=[1, 1, 1, 1],
         num_heads=[3, 3, 6, 6],
         num_classes=5,
+        drop_path=0.0,
+    )
+    args.update(kw)
+    return torch_ref.DilateFormer(**args)
+
+
+def _two_stage(**kw):
+    """A 2-stage DilateFormer (dilated, then global) with two dilation groups."""
+    args = dict(
+        img_size=28,
+        embed_dim=8,
+        depths=[1, 1],
+        num_heads=[2, 4],
+        dilation=[1, 2],
+        dilate_attention=[True, False],
+        downsamples=[True, False],
+        num_classes=3,
         drop_path=0.0,
     )
     args.update(kw)
@@ -130,30 +145,31 @@ register(
         ),
         [(1, 2, 8, 12)],
     ),
-    Case(
-        "dilate/dilateformer_mini",
-        lambda: _mini(),
-        [(2, 3, 32, 28)],
-    ),
-    # Train-mode BatchNorm over a few values per channel (2x2 maps at batch 2) amplifies
+    # The full 4-stage model in float64 is the golden files' job (upstream's own runs,
+    # checked against both twins); here the 4-stage model runs in float32, and the
+    # train-mode and other configurations on 2-stage models (compiling a model is
+    # what costs time here).
+    Case("dilate/dilateformer_mini", lambda: _mini(), [(2, 3, 32, 28)], dtypes=("float32",)),
+    # Train-mode BatchNorm over a few values per channel (4x4 maps at batch 2) amplifies
     # float32 round-off beyond 1e-4 after a step: the train check runs in float64.
     Case(
-        "dilate/dilateformer_mini_train",
-        lambda: _mini(),
-        [(2, 3, 32, 28)],
+        "dilate/dilateformer_two_stage_train",
+        lambda: _two_stage(),
+        [(2, 3, 28, 32)],
         modes=("train",),
         train_steps=2,
-        zero_grad_ok=_MERGE_BIAS,
+        # A conv bias right before train-mode BatchNorm cancels: its gradient is round-off.
+        zero_grad_ok=("stages.0.downsample.proj.0.bias",),
         dtypes=("float64",),
     ),
     Case(
-        "dilate/dilateformer_avgpool_cpe_stage",
-        lambda: _mini(
+        "dilate/dilateformer_global_first_avgpool_cpe_stage",
+        lambda: _two_stage(
             img_size=(32, 16),
             merging_way="avgpool3_2",
             cpe_per_stage=True,
             cpe_per_block=False,
-            dilate_attention=[True, False, True, False],
+            dilate_attention=[False, True],
             num_classes=0,
         ),
         [(1, 3, 32, 16)],
