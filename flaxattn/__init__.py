@@ -27,6 +27,9 @@ from flaxattn.layers.cbam import (
     SpatialAttention,
     SpatialGate,
 )
+from flaxattn.layers.dilate import DilateAttention, DilateBlock, MultiDilateLocalAttention
+from flaxattn.layers.dilate import GlobalBlock as DilateGlobalBlock
+from flaxattn.layers.dilate import Mlp as DilateMlp
 from flaxattn.layers.se import SELayer
 from flaxattn.layers.self_attention import SelfAttention
 from flaxattn.layers.vit import Attention, FeedForward, PreNorm, Transformer, ViT
@@ -40,6 +43,14 @@ from flaxattn.models.acmix_resnet import (
 from flaxattn.models.acmix_resnet import Bottleneck as ACmixBottleneck
 from flaxattn.models.axial_classifier import AxialClassifier
 from flaxattn.models.cbam_resnet import CBAMResNet
+from flaxattn.models.dilateformer import (
+    DilateFormer,
+    dilateformer_base,
+    dilateformer_small,
+    dilateformer_tiny,
+)
+from flaxattn.models.dilateformer import PatchEmbed as DilatePatchEmbed
+from flaxattn.models.dilateformer import PatchMerging as DilatePatchMerging
 from flaxattn.ops.nn import BatchNorm, Conv2d, DropPath, LayerNorm, Linear
 from flaxattn.ops.reversible import ReversibleBlock, ReversibleSequence
 
@@ -71,12 +82,23 @@ __all__ = [
     "ChannelAttention",
     "ChannelGate",
     "Conv2d",
+    "DilateAttention",
+    "DilateBlock",
+    "DilateFormer",
+    "dilateformer_base",
+    "dilateformer_small",
+    "dilateformer_tiny",
+    "DilateGlobalBlock",
+    "DilateMlp",
+    "DilatePatchEmbed",
+    "DilatePatchMerging",
     "DropPath",
     "FeedForward",
     "JongchanCBAM",
     "LayerNorm",
     "Linear",
     "local_attention",
+    "MultiDilateLocalAttention",
     "PreNorm",
     "ResBlockCBAM",
     "ReversibleBlock",

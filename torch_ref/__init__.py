@@ -26,6 +26,9 @@ from torch_ref.layers.cbam import (
     SpatialAttention,
     SpatialGate,
 )
+from torch_ref.layers.dilate import DilateAttention, DilateBlock, MultiDilateLocalAttention
+from torch_ref.layers.dilate import GlobalBlock as DilateGlobalBlock
+from torch_ref.layers.dilate import Mlp as DilateMlp
 from torch_ref.layers.se import SELayer
 from torch_ref.layers.self_attention import SelfAttention
 from torch_ref.layers.vit import Attention, FeedForward, PreNorm, Transformer, ViT
@@ -39,6 +42,14 @@ from torch_ref.models.acmix_resnet import (
 from torch_ref.models.acmix_resnet import Bottleneck as ACmixBottleneck
 from torch_ref.models.axial_classifier import AxialClassifier
 from torch_ref.models.cbam_resnet import CBAMResNet
+from torch_ref.models.dilateformer import (
+    DilateFormer,
+    dilateformer_base,
+    dilateformer_small,
+    dilateformer_tiny,
+)
+from torch_ref.models.dilateformer import PatchEmbed as DilatePatchEmbed
+from torch_ref.models.dilateformer import PatchMerging as DilatePatchMerging
 from torch_ref.ops.reversible import ReversibleBlock, ReversibleSequence
 
 __all__ = [
@@ -65,8 +76,19 @@ __all__ = [
     "ChanLayerNorm",
     "ChannelAttention",
     "ChannelGate",
+    "DilateAttention",
+    "DilateBlock",
+    "DilateFormer",
+    "dilateformer_base",
+    "dilateformer_small",
+    "dilateformer_tiny",
+    "DilateGlobalBlock",
+    "DilateMlp",
+    "DilatePatchEmbed",
+    "DilatePatchMerging",
     "FeedForward",
     "JongchanCBAM",
+    "MultiDilateLocalAttention",
     "PreNorm",
     "ResBlockCBAM",
     "ReversibleBlock",

@@ -1,0 +1,708 @@
+"""DilateFormer's multi-scale dilated attention and its transformer blocks.
+
+Jiao et al., "DilateFormer: Multi-Scale Dilated Transformer for Visual Recognition",
+IEEE Transactions on Multimedia 2023. https://arxiv.org/abs/2302.01791
+Official code: JIAOJIAYUASD/dilateformer, ``models/dilateformer.py``.
+
+- :class:`DilateAttention` (sliding-window dilated attention, SWDA): every query
+  attends to the ``k x k`` keys around it, ``dilation`` pixels apart.
+- :class:`MultiDilateLocalAttention` (MSDA): a 1x1-conv qkv projection, the heads
+  split into one group per dilation rate, one :class:`DilateAttention` per group,
+  a linear output projection. Upstream calls it ``MultiDilatelocalAttention``.
+- :class:`DilateBlock`: optional depthwise 3x3 conditional position embedding
+  (CPE), pre-norm MSDA and :class:`Mlp` with stochastic depth.
+- :class:`GlobalAttention`, :class:`GlobalBlock`: plain multi-head self-attention
+  blocks for DilateFormer's later stages.
+
+Neighbourhoods are zero padded as ``nn.Unfold`` pads them: a query near the border
+still attends to ``k * k`` keys, the out-of-map ones with logit 0 and value 0.
+They are built without unfold (:func:`dilated_attention`): the padded map is
+sliced once per window offset (shift-and-stack), each offset's logits are a
+fused multiply-reduce and the output a running weighted sum of shifted values, so
+nothing ``k * k`` times the size of the map is ever materialised. The backward is
+written by hand (``jax.custom_vjp``) in the same form: the key and value gradients
+*gather* from the queries that saw each key (``dk[m] = sum_j dlogit_j[m - o_j] q[m - o_j]``)
+instead of scattering one padded map per offset, as autodiff of the slices would;
+a loop over the kernel rows keeps one accumulator alive per gradient. On XLA:CPU,
+at DilateFormer-Tiny's stage-1 size, a train step of MSDA so needs about 40% of
+the temp memory of an unfold version (and 55% of autodiff through the slices).
+
+All modules are channels-last: images ``(B, H, W, C)``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax import lax
+
+from flaxattn.ops.checks import check_input, check_positive
+from flaxattn.ops.local import shifted_windows
+from flaxattn.ops.nn import Conv2d, DropPath, Dtype, LayerNorm, Linear, gelu
+
+# --- argument checks, shared with the torch_ref twins -------------------------------------
+
+
+def check_kernel_size(kernel_size: int) -> None:
+    """An odd, positive window side (an even one cannot be centred on its query)."""
+    check_positive(kernel_size=kernel_size)
+    if kernel_size % 2 == 0:
+        raise ValueError(f"`kernel_size` (={kernel_size}) must be odd")
+
+
+def check_dilation(dilation: Sequence[int]) -> tuple[int, ...]:
+    """A non-empty sequence of positive dilation rates, as a tuple."""
+    if isinstance(dilation, int):
+        raise ValueError(f"`dilation` (={dilation!r}) must be a sequence of ints, e.g. [1, 2, 3]")
+    dilation = tuple(dilation)
+    if not dilation or not all(isinstance(d, (int, np.integer)) and d > 0 for d in dilation):
+        raise ValueError(
+            f"`dilation` (={list(dilation)}) must be a non-empty list of positive ints"
+        )
+    return tuple(int(d) for d in dilation)
+
+
+def check_heads(dim: int, num_heads: int, num_groups: int | None = None) -> int:
+    """``dim`` split into ``num_heads`` heads (and those into ``num_groups`` groups);
+    returns the head dimension."""
+    check_positive(dim=dim, num_heads=num_heads)
+    if dim % num_heads:
+        raise ValueError(f"`dim` (={dim}) must be divisible by `num_heads` (={num_heads})")
+    if num_groups is not None and num_heads % num_groups:
+        raise ValueError(
+            f"`num_heads` (={num_heads}) must be a multiple of the number of dilations "
+            f"(={num_groups})"
+        )
+    return dim // num_heads
+
+
+# --- the dilated-attention kernel ------------------------------------------------------------
+
+
+def _pad_hw(x: jax.Array, p: int, axis: int = 1) -> jax.Array:
+    pads = [(0, 0)] * x.ndim
+    pads[axis] = pads[axis + 1] = (p, p)
+    return jnp.pad(x, pads)
+
+
+def _rows(x: jax.Array, start: jax.Array, size: int, axis: int = 1) -> jax.Array:
+    return lax.dynamic_slice_in_dim(x, start, size, axis=axis)
+
+
+def _cols(x: jax.Array, start: int, size: int, axis: int = 2) -> jax.Array:
+    return lax.slice_in_dim(x, start, start + size, axis=axis)
+
+
+def _softmax_rows_cols(x: jax.Array) -> jax.Array:
+    """Softmax over the window, laid out as axis 0 (kernel row) and -1 (kernel column)."""
+    e = jnp.exp(x - lax.stop_gradient(jnp.max(x, axis=(0, -1), keepdims=True)))
+    return e / jnp.sum(e, axis=(0, -1), keepdims=True)
+
+
+def _window_starts(kernel_size: int, dilation: int) -> tuple[np.ndarray, list[int]]:
+    # In a map padded by p = dilation * (k // 2), the window tap (a, b) of the
+    # query at (i, j) sits at (i + a * dilation, j + b * dilation).
+    return np.arange(kernel_size) * dilation, [b * dilation for b in range(kernel_size)]
+
+
+def _group_forward(q, k, v, kernel_size, dilation):
+    """One dilation group: ``q, k, v (B, H, W, heads, hd)`` (q scaled) -> output, weights.
+
+    The weights are laid out ``(k, B, H, W, heads, k)``: kernel rows first, so the
+    loops over rows read contiguous slices.
+    """
+    _, h, w = q.shape[:3]
+    p = dilation * (kernel_size // 2)
+    rows, cols = _window_starts(kernel_size, dilation)
+    rows = jnp.asarray(rows)
+    kp, vp = _pad_hw(k, p), _pad_hw(v, p)
+
+    def row_logits(start):
+        kr = _rows(kp, start, h)
+        return jnp.stack([jnp.sum(q * _cols(kr, c, w), axis=-1) for c in cols], axis=-1)
+
+    attn = _softmax_rows_cols(lax.map(row_logits, rows))
+
+    def accumulate(out, xs):
+        a_row, start = xs
+        vr = _rows(vp, start, h)
+        for j, c in enumerate(cols):
+            out = out + a_row[..., j, None] * _cols(vr, c, w)
+        return out, None
+
+    out, _ = lax.scan(accumulate, jnp.zeros_like(q), (attn, rows))
+    return out, attn
+
+
+def _group_backward(q, k, v, attn, dout, kernel_size, dilation):
+    """Gradients of :func:`_group_forward` w.r.t. (scaled) q, k and v."""
+    _, h, w = q.shape[:3]
+    p = dilation * (kernel_size // 2)
+    rows, cols = _window_starts(kernel_size, dilation)
+    # Tap (a, b) seen from the key's side: the query sits at minus the offset.
+    back_rows = jnp.asarray(rows[::-1].copy())
+    rows = jnp.asarray(rows)
+    kp, vp = _pad_hw(k, p), _pad_hw(v, p)
+
+    def row_dattn(start):
+        vr = _rows(vp, start, h)
+        return jnp.stack([jnp.sum(dout * _cols(vr, c, w), axis=-1) for c in cols], axis=-1)
+
+    dattn = lax.map(row_dattn, rows)
+    dlogits = attn * (dattn - jnp.sum(attn * dattn, axis=(0, -1), keepdims=True))
+    dlp, ap = _pad_hw(dlogits, p, axis=2), _pad_hw(attn, p, axis=2)
+    qp, dop = _pad_hw(q, p), _pad_hw(dout, p)
+    last = (kernel_size - 1) * dilation
+
+    def accumulate(grads, xs):
+        dq, dk, dv = grads
+        dl_row, start, back, dlp_row, ap_row = xs
+        kr = _rows(kp, start, h)
+        qr, dor = _rows(qp, back, h), _rows(dop, back, h)
+        dlr, ar = _rows(dlp_row, back, h), _rows(ap_row, back, h)
+        for j, c in enumerate(cols):
+            dq = dq + dl_row[..., j, None] * _cols(kr, c, w)
+            dk = dk + _cols(dlr, last - c, w)[..., j, None] * _cols(qr, last - c, w)
+            dv = dv + _cols(ar, last - c, w)[..., j, None] * _cols(dor, last - c, w)
+        return (dq, dk, dv), None
+
+    zeros = jnp.zeros_like(q)
+    (dq, dk, dv), _ = lax.scan(
+        accumulate, (zeros, zeros, zeros), (dlogits, rows, back_rows, dlp, ap)
+    )
+    return dq, dk, dv
+
+
+def _split_group(qkv, i, heads, scale):
+    b, h, w, _, _, cg = qkv.shape
+    q, k, v = (qkv[..., j, i, :].reshape(b, h, w, heads, cg // heads) for j in range(3))
+    return q * jnp.asarray(scale, q.dtype), k, v
+
+
+def _dilated_attention_fwd(qkv, kernel_size, dilation, heads, scale):
+    b, h, w, _, _, cg = qkv.shape
+    outs, attns = [], []
+    for i, d in enumerate(dilation):
+        out, attn = _group_forward(*_split_group(qkv, i, heads, scale), kernel_size, d)
+        outs.append(out.reshape(b, h, w, cg))
+        attns.append(attn)
+    return jnp.concatenate(outs, axis=-1), (qkv, attns)
+
+
+def _dilated_attention_bwd(kernel_size, dilation, heads, scale, res, dout):
+    qkv, attns = res
+    b, h, w, _, _, cg = qkv.shape
+    grads = [[], [], []]
+    for i, d in enumerate(dilation):
+        q, k, v = _split_group(qkv, i, heads, scale)
+        do = dout[..., i * cg : (i + 1) * cg].reshape(q.shape)
+        dq, dk, dv = _group_backward(q, k, v, attns[i], do, kernel_size, d)
+        for g, t in zip(grads, (dq * jnp.asarray(scale, dq.dtype), dk, dv), strict=True):
+            g.append(t.reshape(b, h, w, cg))
+    return (jnp.stack([jnp.stack(g, axis=-2) for g in grads], axis=-3),)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _dilated_attention(qkv, kernel_size, dilation, heads, scale):
+    return _dilated_attention_fwd(qkv, kernel_size, dilation, heads, scale)[0]
+
+
+_dilated_attention.defvjp(_dilated_attention_fwd, _dilated_attention_bwd)
+
+
+def dilated_attention(
+    qkv: jax.Array,
+    *,
+    kernel_size: int,
+    dilation: Sequence[int],
+    heads: int,
+    scale: float,
+) -> jax.Array:
+    """Multi-scale sliding-window dilated attention, without unfold.
+
+    Args:
+      qkv: ``(B, H, W, 3, n, C / n)``: q, k and v of ``n = len(dilation)`` head groups
+        (MSDA's channel layout ``[3][n][C / n]``), each group ``heads`` heads wide.
+      kernel_size: window side ``k`` (odd).
+      dilation: one dilation rate per group.
+      heads: heads per group.
+      scale: logit scale.
+
+    Returns:
+      ``(B, H, W, C)``, the groups' outputs side by side (channels ``[n][heads][hd]``).
+
+    Out-of-map keys are zeros that take part in the softmax (``nn.Unfold``'s zero
+    padding). Differentiable (custom VJP, see the module docstring).
+    """
+    if qkv.ndim != 6 or qkv.shape[3] != 3 or qkv.shape[4] != len(dilation):
+        raise ValueError(
+            f"dilated_attention: expected `qkv` of shape (B, H, W, 3, {len(dilation)}, C/n), "
+            f"got {tuple(qkv.shape)}"
+        )
+    check_kernel_size(kernel_size)
+    check_heads(qkv.shape[-1], heads)
+    return _dilated_attention(qkv, kernel_size, tuple(dilation), heads, float(scale))
+
+
+def _dropping(dropout: nnx.Dropout) -> bool:
+    return dropout.rate > 0.0 and not dropout.deterministic
+
+
+# --- depthwise conv (conditional position embedding) ------------------------------------
+
+
+def _depthwise_taps(xp: jax.Array, w: jax.Array, h: int, wd: int, flip: bool) -> jax.Array:
+    kh, kw = w.shape[:2]
+    out = None
+    for a in range(kh):
+        for b in range(kw):
+            tap = w[kh - 1 - a, kw - 1 - b] if flip else w[a, b]
+            term = tap * xp[:, a : a + h, b : b + wd]
+            out = term if out is None else out + term
+    return out
+
+
+def _pad_same(x: jax.Array, w: jax.Array) -> jax.Array:
+    ph, pw = w.shape[0] // 2, w.shape[1] // 2
+    return jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+
+
+@jax.custom_vjp
+def _depthwise(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``(B, H, W, C)`` x ``(kh, kw, C)``, stride 1, zero 'same' padding (odd kernel)."""
+    return _depthwise_taps(_pad_same(x, w), w, x.shape[1], x.shape[2], flip=False)
+
+
+def _depthwise_fwd(x, w):
+    return _depthwise(x, w), (x, w)
+
+
+def _depthwise_bwd(res, dy):
+    x, w = res
+    h, wd = x.shape[1:3]
+    # The input gradient is the same sliding sum over dy with the kernel flipped.
+    dx = _depthwise_taps(_pad_same(dy, w), w, h, wd, flip=True)
+    xp = _pad_same(x, w)
+    dw = jnp.stack(
+        [
+            jnp.stack(
+                [
+                    jnp.sum(xp[:, a : a + h, b : b + wd] * dy, axis=(0, 1, 2))
+                    for b in range(w.shape[1])
+                ]
+            )
+            for a in range(w.shape[0])
+        ]
+    )
+    return dx, dw
+
+
+_depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
+class DepthwiseConv2d(Conv2d):
+    """``Conv2d(C, C, k, padding=k // 2, groups=C)`` (parameters and conversion as
+    Conv2d's), computed as a sum of shifted maps with a hand-written backward: XLA:CPU's
+    depthwise convolution is slow, its backward more so (2-3x here at 56x56x72)."""
+
+    def __init__(self, channels: int, kernel_size: int = 3, **kw):
+        super().__init__(
+            channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, **kw
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        bias = self.bias[...] if self.bias is not None else None
+        x, kernel, bias = self.promote_dtype((x, self.kernel[...], bias), dtype=self.dtype)
+        y = _depthwise(x, kernel[:, :, 0, :])
+        return y + bias if bias is not None else y
+
+
+# --- blocks ----------------------------------------------------------------------------------
+
+
+class Mlp(nnx.Module):
+    """Two-layer perceptron ``fc2(drop(act(fc1(x))))`` with dropout after each layer.
+
+    Args:
+      in_features: input width.
+      hidden_features: hidden width (default ``in_features``).
+      out_features: output width (default ``in_features``).
+      act_layer: the activation, a function (torch_ref takes the ``nn.GELU`` class).
+      drop: dropout rate.
+
+    Shapes: ``(..., in_features) -> (..., out_features)``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int | None = None,
+        out_features: int | None = None,
+        act_layer: Callable[[jax.Array], jax.Array] = gelu,
+        drop: float = 0.0,
+        *,
+        dtype: Dtype = None,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        out_features = out_features or in_features
+        hidden_features = hidden_features or in_features
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.fc1 = Linear(in_features, hidden_features, **kw)
+        self.act = act_layer
+        self.fc2 = Linear(hidden_features, out_features, **kw)
+        self.drop = nnx.Dropout(drop, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = self.drop(self.act(self.fc1(x)))
+        return self.drop(self.fc2(x))
+
+
+class DilateAttention(nnx.Module):
+    """Sliding-window dilated attention (SWDA) of one group of heads.
+
+    Each query at ``(i, j)`` attends to the ``kernel_size**2`` keys at
+    ``(i + a * dilation, j + b * dilation)``, ``a, b`` in ``-(k//2) .. k//2``;
+    keys outside the map are zeros that still take part in the softmax (as
+    upstream's ``nn.Unfold`` padding does).
+
+    Args:
+      head_dim: channels per head; the inputs' ``d`` must be a multiple of it.
+      qk_scale: logit scale (default ``head_dim ** -0.5``; 0 or None mean the default,
+        as upstream's ``qk_scale or ...``).
+      attn_drop: dropout on the attention weights (while it is active, in training,
+        the module differentiates through the windows instead of the kernel's
+        hand-written backward: same result, more memory).
+      kernel_size: window side ``k`` (odd).
+      dilation: spacing between window taps.
+
+    Shapes: ``q, k, v: (B, H, W, d) -> (B, H, W, d)``, ``d = heads * head_dim``
+    (channels head-major, as upstream). Upstream takes ``(B, d, H, W)`` and returns
+    ``(B, H, W, d)``; its twin ``torch_ref.layers.dilate.DilateAttention`` does too.
+    """
+
+    def __init__(
+        self,
+        head_dim: int,
+        qk_scale: float | None = None,
+        attn_drop: float = 0.0,
+        kernel_size: int = 3,
+        dilation: int = 1,
+        *,
+        dtype: Dtype = None,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        check_positive(head_dim=head_dim, dilation=dilation)
+        check_kernel_size(kernel_size)
+        self.head_dim = head_dim
+        self.scale = qk_scale or head_dim**-0.5
+        self.kernel_size = kernel_size
+        self.dilation = dilation
+        self.dtype = dtype
+        self.attn_drop = nnx.Dropout(attn_drop, rngs=rngs)
+
+    def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+        hd = self.head_dim
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            if t.ndim != 4 or t.shape != q.shape or t.shape[-1] % hd:
+                raise ValueError(
+                    f"DilateAttention: expected `q`, `k`, `v` of one shape (B, H, W, d) with d "
+                    f"a multiple of head_dim={hd}, got `{name}` of shape {tuple(t.shape)} "
+                    f"(`q`: {tuple(q.shape)})"
+                )
+        if self.dtype is not None:
+            q, k, v = (t.astype(self.dtype) for t in (q, k, v))
+        if not _dropping(self.attn_drop):
+            qkv = jnp.stack([q, k, v], axis=3)[:, :, :, :, None, :]
+            return dilated_attention(
+                qkv,
+                kernel_size=self.kernel_size,
+                dilation=(self.dilation,),
+                heads=q.shape[-1] // hd,
+                scale=self.scale,
+            )
+        return self._with_dropout(q, k, v)
+
+    def _with_dropout(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+        # The kernel has no dropout on the attention weights: with it active
+        # (training with attn_drop > 0), plain autodiff through the shifted windows.
+        b, h, w, d = q.shape
+        hd = self.head_dim
+        heads = d // hd
+        q = (q * jnp.asarray(self.scale, q.dtype)).reshape(b, h, w, heads, hd)
+        win = dict(dilation=self.dilation)
+        logits = jnp.stack(
+            [
+                jnp.sum(q * kj.reshape(b, h, w, heads, hd), axis=-1)
+                for kj in shifted_windows(k, self.kernel_size, **win)
+            ],
+            axis=-1,
+        )  # (B, H, W, heads, k*k)
+        attn = self.attn_drop(jax.nn.softmax(logits, axis=-1))
+        out = None
+        for j, vj in enumerate(shifted_windows(v, self.kernel_size, **win)):
+            term = attn[..., j : j + 1] * vj.reshape(b, h, w, heads, hd)
+            out = term if out is None else out + term
+        return out.reshape(b, h, w, d)
+
+
+class MultiDilateLocalAttention(nnx.Module):
+    """Multi-scale dilated attention (MSDA).
+
+    A 1x1-conv projection makes q, k and v; their channels are laid out
+    ``[3][len(dilation)][dim / len(dilation)]``, so the heads split into one
+    contiguous group per dilation rate. Group ``i`` runs :class:`DilateAttention`
+    with ``dilation[i]``; the group outputs are concatenated in order and projected.
+
+    Args:
+      dim: channels ``C``.
+      num_heads: heads, a multiple of ``len(dilation)``; ``dim`` divisible by it.
+      qkv_bias: bias in the qkv projection.
+      qk_scale: logit scale (default ``(dim // num_heads) ** -0.5``).
+      attn_drop: dropout on attention weights.
+      proj_drop: dropout after the output projection.
+      kernel_size: window side (odd).
+      dilation: one dilation rate per head group.
+
+    Shapes: ``(B, H, W, C) -> (B, H, W, C)`` (channels-last in upstream too).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = False,
+        qk_scale: float | None = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        kernel_size: int = 3,
+        dilation: Sequence[int] = (1, 2, 3),
+        *,
+        dtype: Dtype = None,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        dilation = check_dilation(dilation)
+        head_dim = check_heads(dim, num_heads, len(dilation))
+        check_kernel_size(kernel_size)
+        self.dim = dim
+        self.num_heads = num_heads
+        self.dilation = dilation
+        self.kernel_size = kernel_size
+        self.num_dilation = len(dilation)
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.qkv = Conv2d(dim, dim * 3, 1, bias=qkv_bias, **kw)
+        self.dilate_attention = nnx.List(
+            [DilateAttention(head_dim, qk_scale, attn_drop, kernel_size, d, **kw) for d in dilation]
+        )
+        self.proj = Linear(dim, dim, **kw)
+        self.proj_drop = nnx.Dropout(proj_drop, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = self.dim
+        check_input(x, rank=4, last=c, layout=f"(B, H, W, {c})", where="MultiDilateLocalAttention")
+        b, h, w, _ = x.shape
+        n = self.num_dilation
+        qkv = self.qkv(x).reshape(b, h, w, 3, n, c // n)
+        groups = self.dilate_attention
+        if any(_dropping(g.attn_drop) for g in groups):
+            out = jnp.concatenate(
+                [
+                    g(qkv[..., 0, i, :], qkv[..., 1, i, :], qkv[..., 2, i, :])
+                    for i, g in enumerate(groups)
+                ],
+                axis=-1,
+            )
+        else:
+            # All groups in one kernel call, straight off the projection's layout.
+            if groups[0].dtype is not None:
+                qkv = qkv.astype(groups[0].dtype)
+            out = dilated_attention(
+                qkv,
+                kernel_size=self.kernel_size,
+                dilation=self.dilation,
+                heads=self.num_heads // n,
+                scale=groups[0].scale,
+            )
+        return self.proj_drop(self.proj(out))
+
+
+class _Block(nnx.Module):
+    """Shared body of :class:`DilateBlock` and :class:`GlobalBlock` (``attn`` set by them)."""
+
+    attn: nnx.Module
+
+    def _init_common(self, dim, mlp_ratio, drop, drop_path, act_layer, norm_layer, cpe, attn, kw):
+        check_positive(dim=dim, mlp_ratio=mlp_ratio)
+        self.dim = dim
+        self.cpe_per_block = cpe
+        self.pos_embed = DepthwiseConv2d(dim, 3, **kw) if cpe else nnx.data(None)
+        self.norm1 = norm_layer(dim, **kw)
+        self.attn = attn()
+        self.drop_path = DropPath(drop_path, rngs=kw["rngs"])
+        self.norm2 = norm_layer(dim, **kw)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop, **kw)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = self.dim
+        check_input(x, rank=4, last=c, layout=f"(B, H, W, {c})", where=type(self).__name__)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(x)
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class DilateBlock(_Block):
+    """DilateFormer block: ``x += cpe(x)`` (optional), ``x += msda(norm1(x))``,
+    ``x += mlp(norm2(x))``, both branches with stochastic depth.
+
+    Args:
+      dim: channels ``C``.
+      num_heads: heads of :class:`MultiDilateLocalAttention`.
+      mlp_ratio: MLP hidden width is ``int(dim * mlp_ratio)``.
+      qkv_bias, qk_scale, attn_drop, kernel_size, dilation: see
+        :class:`MultiDilateLocalAttention`.
+      drop: dropout in the MLP.
+      drop_path: stochastic depth rate of both residual branches (``'dropout'`` RNG stream).
+      act_layer: MLP activation (a function).
+      norm_layer: ``norm_layer(dim, dtype=..., param_dtype=..., rngs=...)``; the default
+        is LayerNorm with PyTorch's eps 1e-5 (the full model passes eps 1e-6).
+      cpe_per_block: add a depthwise 3x3 conv of the input first (``pos_embed``).
+
+    Shapes: ``(B, H, W, C) -> (B, H, W, C)``; upstream is ``(B, C, H, W)``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        qk_scale: float | None = None,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        act_layer: Callable[[jax.Array], jax.Array] = gelu,
+        norm_layer: Callable[..., nnx.Module] = LayerNorm,
+        kernel_size: int = 3,
+        dilation: Sequence[int] = (1, 2, 3),
+        cpe_per_block: bool = False,
+        *,
+        dtype: Dtype = None,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.num_heads = num_heads
+        self.kernel_size = kernel_size
+        self.dilation = check_dilation(dilation)
+
+        def attn():
+            return MultiDilateLocalAttention(
+                dim,
+                num_heads=num_heads,
+                qkv_bias=qkv_bias,
+                qk_scale=qk_scale,
+                attn_drop=attn_drop,
+                kernel_size=kernel_size,
+                dilation=dilation,
+                **kw,
+            )
+
+        self._init_common(
+            dim, mlp_ratio, drop, drop_path, act_layer, norm_layer, cpe_per_block, attn, kw
+        )
+
+
+class GlobalAttention(nnx.Module):
+    """Multi-head self-attention over all ``H * W`` positions (DilateFormer's later stages).
+
+    Args:
+      dim: channels ``C``, divisible by ``num_heads``.
+      num_heads: heads.
+      qkv_bias: bias in the qkv Linear.
+      qk_scale: logit scale (default ``head_dim ** -0.5``).
+      attn_drop, proj_drop: dropout rates.
+
+    Shapes: ``(B, H, W, C) -> (B, H, W, C)`` (channels-last in upstream too).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = False,
+        qk_scale: float | None = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        *,
+        dtype: Dtype = None,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        head_dim = check_heads(dim, num_heads)
+        self.dim = dim
+        self.num_heads = num_heads
+        self.scale = qk_scale or head_dim**-0.5
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias, **kw)
+        self.attn_drop = nnx.Dropout(attn_drop, rngs=rngs)
+        self.proj = Linear(dim, dim, **kw)
+        self.proj_drop = nnx.Dropout(proj_drop, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = self.dim
+        check_input(x, rank=4, last=c, layout=f"(B, H, W, {c})", where="GlobalAttention")
+        b, h, w, _ = x.shape
+        nh = self.num_heads
+        qkv = self.qkv(x).reshape(b, h * w, 3, nh, c // nh)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        logits = jnp.einsum("bnhd,bmhd->bhnm", q, k) * jnp.asarray(self.scale, q.dtype)
+        attn = self.attn_drop(jax.nn.softmax(logits, axis=-1))
+        out = jnp.einsum("bhnm,bmhd->bnhd", attn, v).reshape(b, h, w, c)
+        return self.proj_drop(self.proj(out))
+
+
+class GlobalBlock(_Block):
+    """:class:`DilateBlock` with :class:`GlobalAttention` in place of MSDA.
+
+    Args: as :class:`DilateBlock`, without ``kernel_size`` and ``dilation``.
+
+    Shapes: ``(B, H, W, C) -> (B, H, W, C)``; upstream is ``(B, C, H, W)``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        qk_scale: float | None = None,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        act_layer: Callable[[jax.Array], jax.Array] = gelu,
+        norm_layer: Callable[..., nnx.Module] = LayerNorm,
+        cpe_per_block: bool = False,
+        *,
+        dtype: Dtype = None,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.num_heads = num_heads
+
+        def attn():
+            return GlobalAttention(
+                dim, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale, attn_drop=attn_drop, **kw
+            )
+
+        self._init_common(
+            dim, mlp_ratio, drop, drop_path, act_layer, norm_layer, cpe_per_block, attn, kw
+        )
