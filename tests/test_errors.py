@@ -46,6 +46,7 @@ def test_call_refuses(bad):
 
 
 def test_messages_name_value_and_expectation():
-    # Every registered message pattern names a value: "`arg` (=value)" or a shape.
+    # Every registered message pattern names a value: "`arg` (=value)", a shape or a
+    # size ("an input of size 4x12").
     for bad in BAD:
-        assert re.search(r"\(=|shape|must", bad.match), bad
+        assert re.search(r"\(=|shape|must|size \d+x\d+", bad.match), bad
