@@ -23,7 +23,7 @@ class TrainConfig:
     :data:`RESUME_KEYS`.
     """
 
-    model: str = "cbam_resnet"
+    model: str = "vit_tiny"
     dataset: str = "mnist5k"
     data_path: str | None = None
     image_size: int = 32  # for --dataset folder
