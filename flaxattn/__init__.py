@@ -51,6 +51,7 @@ from flaxattn.models.dilateformer import (
 )
 from flaxattn.models.dilateformer import PatchEmbed as DilatePatchEmbed
 from flaxattn.models.dilateformer import PatchMerging as DilatePatchMerging
+from flaxattn.ops.dropout import Dropout
 from flaxattn.ops.nn import BatchNorm, Conv2d, DropPath, LayerNorm, Linear
 from flaxattn.ops.reversible import ReversibleBlock, ReversibleSequence
 
@@ -93,6 +94,7 @@ __all__ = [
     "DilatePatchEmbed",
     "DilatePatchMerging",
     "DropPath",
+    "Dropout",
     "FeedForward",
     "JongchanCBAM",
     "LayerNorm",

@@ -42,6 +42,7 @@ from flax import nnx
 from jax import lax
 
 from flaxattn.ops.checks import check_input, check_positive
+from flaxattn.ops.dropout import Dropout
 from flaxattn.ops.local import shifted_windows
 from flaxattn.ops.nn import Conv2d, DropPath, Dtype, LayerNorm, Linear, gelu
 
@@ -356,7 +357,7 @@ class Mlp(nnx.Module):
         self.fc1 = Linear(in_features, hidden_features, **kw)
         self.act = act_layer
         self.fc2 = Linear(hidden_features, out_features, **kw)
-        self.drop = nnx.Dropout(drop, rngs=rngs)
+        self.drop = Dropout(drop, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = self.drop(self.act(self.fc1(x)))
@@ -405,7 +406,7 @@ class DilateAttention(nnx.Module):
         self.kernel_size = kernel_size
         self.dilation = dilation
         self.dtype = dtype
-        self.attn_drop = nnx.Dropout(attn_drop, rngs=rngs)
+        self.attn_drop = Dropout(attn_drop, rngs=rngs)
 
     def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
         hd = self.head_dim
@@ -502,7 +503,7 @@ class MultiDilateLocalAttention(nnx.Module):
             [DilateAttention(head_dim, qk_scale, attn_drop, kernel_size, d, **kw) for d in dilation]
         )
         self.proj = Linear(dim, dim, **kw)
-        self.proj_drop = nnx.Dropout(proj_drop, rngs=rngs)
+        self.proj_drop = Dropout(proj_drop, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         c = self.dim
@@ -652,9 +653,9 @@ class GlobalAttention(nnx.Module):
         self.scale = qk_scale or head_dim**-0.5
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.qkv = Linear(dim, dim * 3, bias=qkv_bias, **kw)
-        self.attn_drop = nnx.Dropout(attn_drop, rngs=rngs)
+        self.attn_drop = Dropout(attn_drop, rngs=rngs)
         self.proj = Linear(dim, dim, **kw)
-        self.proj_drop = nnx.Dropout(proj_drop, rngs=rngs)
+        self.proj_drop = Dropout(proj_drop, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         c = self.dim

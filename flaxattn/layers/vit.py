@@ -32,6 +32,7 @@ from flax import nnx
 from flax.nnx.nn.dtypes import promote_dtype
 
 from flaxattn.ops.checks import check_choice, check_input, check_positive
+from flaxattn.ops.dropout import Dropout
 from flaxattn.ops.nn import Dtype, LayerNorm, Linear, gelu
 
 
@@ -45,9 +46,9 @@ def _check_dropout(**rates: float) -> None:
             raise ValueError(f"`{name}` (={p}) must be in [0, 1)")
 
 
-def _dropout(rate: float, rngs: nnx.Rngs) -> nnx.Dropout:
+def _dropout(rate: float, rngs: nnx.Rngs) -> Dropout:
     # No RNG stream for a disabled dropout: less state to carry through jit and scan.
-    return nnx.Dropout(rate, rngs=rngs if rate > 0 else None)
+    return Dropout(rate, rngs=rngs if rate > 0 else None)
 
 
 class PreNorm(nnx.Module):

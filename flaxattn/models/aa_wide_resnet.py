@@ -26,6 +26,7 @@ from flax import nnx
 
 from flaxattn.layers.aa_conv import AugmentedConv, map_shape
 from flaxattn.ops.checks import check_choice, check_input, check_positive
+from flaxattn.ops.dropout import Dropout
 from flaxattn.ops.nn import BatchNorm2d, Conv2d, Dtype, Linear
 
 
@@ -91,7 +92,7 @@ class WideBasic(nnx.Module):
         aa = dict(kernel_size=3, dk=dk, dv=dv, Nh=Nh, relative=True, **kw)
         self.bn1 = BatchNorm2d(in_planes, **kw)
         self.conv1 = AugmentedConv(in_planes, planes, shape=hw, **aa)
-        self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+        self.dropout = Dropout(dropout_rate, rngs=rngs)
         self.bn2 = BatchNorm2d(planes, **kw)
         self.conv2 = AugmentedConv(planes, planes, shape=out_hw, stride=stride, **aa)
         if stride != 1 or in_planes != planes:

@@ -21,9 +21,9 @@ whatever the depth.
 
 - **RNG replay.** ``f`` and ``g`` are re-run with the non-parameter state they
   had in the forward pass, so dropout draws the same masks in the backward
-  (``nnx.Dropout`` and :class:`~flaxattn.ops.nn.DropPath` each fork their own
-  stream, which is what this needs; streams shared *between* blocks are not
-  supported).
+  (:class:`~flaxattn.ops.dropout.Dropout`, ``nnx.Dropout`` and
+  :class:`~flaxattn.ops.nn.DropPath` each fork their own stream, which is what
+  this needs; streams shared *between* blocks are not supported).
 - **Precision.** The streams are kept in at least float32 even when ``f``/``g``
   compute in bfloat16: their outputs are cast to the stream dtype before the
   addition, so reconstruction error stays at float32 round-off.
