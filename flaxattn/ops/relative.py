@@ -71,10 +71,11 @@ def relative_logits_2d(
 
 
 # Logits per block of queries in `attention_2d`: 4M values (16 MB in float32). A
-# block's logits, softmax and their gradients then stay near cache-sized; on a
-# shared 2-core CPU (28x28 map, batch 16, 4 heads) blocks of 56-112 queries made
-# the train step about 1.7x faster than a single block and its temp memory 5-7x
-# smaller (bench/cases/aa_conv.py, variant `one_block`).
+# block's logits, softmax and their gradients then stay near cache-sized. At the
+# bench shape (28x28 map, batch 16, 4 heads; bench/cases/aa_conv.py) the blocked
+# step needs 84 MB of temp memory against 470 MB for one block (variant
+# `one_block`), for 20% more time on a quiet 2-core CPU (560 against 467 ms; the
+# blocks were the faster ones on the same machine under load).
 BLOCK_LOGITS = 1 << 22
 
 

@@ -21,7 +21,7 @@ register_model(
         },
         description="ViT, 7x7 patches (4x4 unless the image divides by 7), dim 64, "
         "4 blocks of 4 heads",
-        # mnist5k: 96.3% held-out accuracy after 20 epochs (67 s of training on 2 cores).
+        # mnist5k: 96.4% held-out accuracy after 20 epochs (41 s of training on 2 cores).
         train={"lr": 2e-3, "batch_size": 64, "epochs": 20},
     )
 )
