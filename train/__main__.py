@@ -9,10 +9,18 @@ Examples::
     python -m train --init-from vit.pt --export vit_finetuned.safetensors
     python -m train --list                            # models and datasets
 
-Multi-host: start the same command on every host with ``--distributed`` (it calls
-``jax.distributed.initialize()``, which reads the coordinator address, process
-count and index from the environment or the cluster, e.g. SLURM or TPU pods).
-Each process then feeds its slice of every global batch.
+Scale (see the README's "Training at scale")::
+
+    python -m train --workers 4                       # decode/augment in 4 worker processes
+    python -m train --mesh data=2,fsdp=2              # shard params + optimizer state over fsdp
+    python -m train --coordinator-address host0:1234 --num-processes 4 --process-id I
+    python -m train --distributed                     # cluster auto-detection (SLURM, TPU pods)
+    python -m train.prepare --dataset folder --data-path imgs/ --out shards/
+    python -m train --dataset arrayrecord --data-path shards/
+
+The global batch (--batch-size) is split evenly over the processes; only process 0
+prints, logs and exports. SIGTERM/SIGINT finish the step, write a checkpoint and
+exit 0; --resume continues bit-identically.
 """
 
 from __future__ import annotations
@@ -81,9 +89,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", help="write the trained weights as a torch state_dict")
     p.add_argument("--log-every", type=int)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--devices", type=int, help="shard the batch over this many devices")
-    p.add_argument("--distributed", action="store_true", help="jax.distributed.initialize()")
-    p.add_argument("--crash-at-step", type=int, help=argparse.SUPPRESS)  # fault injection
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --workdir")
+    p.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files")
+    g = p.add_argument_group("scale")
+    g.add_argument("--workers", type=int, help="grain worker processes (default 0: in-process)")
+    g.add_argument("--mesh", help="device mesh, e.g. data=2,fsdp=2 (default: all on data)")
+    g.add_argument("--devices", type=int, help="use the first N local devices (one process)")
+    g.add_argument(
+        "--coordinator-address", help="HOST:PORT of process 0 ($JAX_COORDINATOR_ADDRESS)"
+    )
+    g.add_argument("--num-processes", type=int, help="processes in the run ($JAX_NUM_PROCESSES)")
+    g.add_argument("--process-id", type=int, help="this process's index ($JAX_PROCESS_ID)")
+    g.add_argument(
+        "--distributed",
+        action="store_true",
+        help="jax.distributed.initialize() with cluster auto-detection",
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return p
 
 
@@ -96,12 +118,20 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = {**dataclasses.asdict(base), **spec.train, "model": model}
     for field in dataclasses.fields(TrainConfig):
         v = getattr(args, field.name, None)
-        if v is not None and field.name not in ("model_overrides", "resume", "progress"):
+        if v is not None and field.name not in (
+            "model_overrides",
+            "resume",
+            "progress",
+            "overwrite",
+            "tensorboard",
+        ):
             values[field.name] = v
     if args.clip_norm == 0:
         values["clip_norm"] = None
     values["model_overrides"] = _parse_set(args.set)
     values["resume"] = args.resume
+    values["overwrite"] = args.overwrite
+    values["tensorboard"] = not args.no_tensorboard
     values["progress"] = not args.no_progress and sys.stderr.isatty()
     if not args.workdir:
         values["workdir"] = f"runs/{model}"
@@ -123,25 +153,35 @@ def main(argv=None) -> int:
     if args.list:
         _list()
         return 0
-    if args.distributed:
-        import jax
+    from train.checkpoint import CheckpointError
+    from train.loop import NonFiniteLossError, say
 
-        jax.distributed.initialize()
     try:
+        from train.parallel import initialize
+
+        initialize(
+            args.coordinator_address, args.num_processes, args.process_id, auto=args.distributed
+        )
         cfg = config_from_args(args)
         from train.loop import train_and_evaluate
 
-        result = train_and_evaluate(cfg, devices=args.devices, crash_at_step=args.crash_at_step)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        result = train_and_evaluate(cfg, devices=args.devices)
+    except (ValueError, FileNotFoundError, CheckpointError, NonFiniteLossError) as e:
+        if args.debug:
+            raise
+        # One line for a user's mistake (exit 2) or a run that went wrong (exit 1).
         print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, (ValueError, FileNotFoundError)) else 1
-    print(
+        return 1 if isinstance(e, NonFiniteLossError) else 2
+    if result["preempted"]:
+        return 0  # the loop said where the checkpoint is
+    say(
         f"done: {result['model']} on {result['dataset']}: held-out accuracy "
         f"{result['eval_accuracy']:.4f}, loss {result['eval_loss']:.4f}, "
         f"{result['steps']} steps in {result['seconds']:.0f} s on {result['devices']} device(s)"
+        + (f", {result['processes']} processes" if result["processes"] > 1 else "")
     )
     if cfg.export:
-        print(f"exported weights to {cfg.export} (+ {cfg.export}.json)")
+        say(f"exported weights to {cfg.export} (+ {cfg.export}.json)")
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -54,8 +55,21 @@ class TrainConfig:
     export: str | None = None
     log_every: int = 20
     progress: bool = True
+    overwrite: bool = False  # start afresh in a workdir that holds another run
+
+    # Scale: none of these changes what a step computes, so a run may resume
+    # with other values (Orbax reshards the state, the pipeline re-slices).
+    mesh: str | None = None  # "data=D,fsdp=F"; default: every device on `data`
+    workers: int = 0  # grain worker processes (0: decode in this process)
+    tensorboard: bool = True
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            # NaN passes every comparison below, and inf makes no schedule.
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"`{f.name}` (={v}) must be a finite number")
+
         def positive(**kv):
             for k, v in kv.items():
                 if v is None or v <= 0:
@@ -88,6 +102,10 @@ class TrainConfig:
                 f"`warmup_steps` (={self.warmup_steps}), `weight_decay` (={self.weight_decay}) "
                 f"and `augment_pad` (={self.augment_pad}) must be >= 0"
             )
+        if self.workers < 0:
+            raise ValueError(f"`workers` (={self.workers}) must be >= 0 (0: no worker processes)")
+        if self.resume and self.overwrite:
+            raise ValueError("`resume` and `overwrite` exclude each other")
         if self.clip_norm is not None and self.clip_norm <= 0:
             raise ValueError(f"`clip_norm` (={self.clip_norm}) must be positive or None")
 

@@ -22,6 +22,24 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".npz")
+
+
+def check_export_path(path: str | os.PathLike) -> Path:
+    """Refuse, before any training, an ``--export`` path that cannot be written."""
+    path = Path(path)
+    if path.suffix.lower() not in WEIGHT_SUFFIXES:
+        raise ValueError(f"`export` (={str(path)!r}) must end in one of {list(WEIGHT_SUFFIXES)}")
+    if path.is_dir():
+        raise ValueError(f"`export` (={str(path)!r}) is a directory; name a file")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"`export` (={str(path)!r}): its folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"`export` (={str(path)!r}) is not writable")
+    return path
+
+
 def export_weights(model: nnx.Module, cls: str, kwargs: dict, path: str | os.PathLike) -> Path:
     """Write ``model``'s weights as a torch state_dict plus its ``.json`` description."""
     path = Path(path)
@@ -30,6 +48,10 @@ def export_weights(model: nnx.Module, cls: str, kwargs: dict, path: str | os.Pat
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".json.tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(meta, f, indent=2, default=list)
+    # mkstemp creates 0600; the description is as readable as any file the user makes.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, _sidecar(path))
     return path
 

@@ -1,17 +1,26 @@
-"""The training loop: ``train_and_evaluate(config)``.
+"""The training loop: ``train_and_evaluate(config)``, in the shape of Flax's examples.
 
-One jit-compiled step (forward, backward, optax update) on a batch sharded
-over a ``jax.sharding.Mesh`` of all local devices (data parallelism; a single
-device is the same code with a mesh of one), evaluation each epoch, metrics as
-JSON lines, Orbax checkpoints, exact resume, PyTorch weights in and out.
+:func:`build_run` makes everything a run needs once (data, mesh, model, jitted
+steps, checkpointer, logs); :func:`create_state` / :func:`restore_state` give the
+train state on the mesh; :func:`train_epoch` runs one epoch's steps;
+:func:`evaluate` scores the held-out split; :func:`save_checkpoint` writes the
+state with the input pipeline's position. :func:`train_and_evaluate` wires them.
+
+The same code runs on one CPU and on many hosts: the batch is split over every
+device of every process, parameters optionally sharded (``--mesh fsdp=F``), see
+:mod:`train.parallel`. A ``SIGTERM`` or ``SIGINT`` finishes the current step,
+writes a checkpoint and returns (``result["preempted"]``); every process stops at
+the same step because the signal travels inside the train step's own all-reduce.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
-import math
 import os
+import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,57 +30,36 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from flaxattn.convert import load_state_dict, load_weights
 from train.checkpoint import Checkpointer, CheckpointError
 from train.config import RESUME_KEYS, TrainConfig
-from train.data import Augment, Loader, load_dataset
-from train.export import export_weights
-from train.models import build_flax, get_model, model_kwargs
-from train.optim import make_optimizer
+from train.data import Augment, Dataset, TrainPipeline, eval_batches, load_dataset
+from train.export import check_export_path, export_weights
+from train.metrics import MetricsLog, plot_curves
+from train.models import ModelSpec, build_flax, get_model, model_kwargs
+from train.optim import make_optimizer, schedule
+from train.parallel import Parallel, parse_mesh
 from train.step import make_eval_step, make_train_step
+
+# Fault injection for the tests, read here and nowhere else: ``os._exit(86)`` right
+# after this global step, as a kill would (no cleanup, no final checkpoint).
+CRASH_ENV = "FLAXATTN_CRASH_AT_STEP"
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss (or a gradient) became NaN/inf; the run stopped without saving."""
+    """The loss, a gradient or the updated weights became NaN/inf; the run stopped
+    without saving that step."""
 
 
-@dataclasses.dataclass
-class Parallel:
-    """The device mesh and how state and batches are laid out on it."""
+class WorkdirError(ValueError):
+    """The workdir holds another run and neither ``--resume`` nor ``--overwrite`` was given."""
 
-    mesh: Mesh
 
-    @classmethod
-    def create(cls, num_devices: int | None = None) -> Parallel:
-        devices = jax.devices()
-        if num_devices is not None:
-            if not 1 <= num_devices <= len(devices):
-                raise ValueError(
-                    f"`devices` (={num_devices}) must be between 1 and the {len(devices)} available"
-                )
-            devices = devices[:num_devices]
-        return cls(Mesh(np.array(devices), ("data",)))
-
-    @property
-    def size(self) -> int:
-        return self.mesh.size
-
-    @property
-    def replicated(self) -> NamedSharding:
-        return NamedSharding(self.mesh, PartitionSpec())
-
-    @property
-    def batch(self) -> NamedSharding:
-        return NamedSharding(self.mesh, PartitionSpec("data"))
-
-    def put_batch(self, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
-        """Host arrays -> global arrays split over the batch axis. With several
-        processes each passes its own slice of the global batch."""
-        if jax.process_count() == 1:
-            return tuple(jax.device_put(a, self.batch) for a in arrays)
-        return tuple(jax.make_array_from_process_local_data(self.batch, a) for a in arrays)
+def say(*args) -> None:
+    """Print on process 0 only."""
+    if jax.process_index() == 0:
+        print(*args, flush=True)
 
 
 def _loss_fn(smoothing: float, num_classes: int):
@@ -101,76 +89,84 @@ def _eval_fn(num_classes: int):
     return metric_fn
 
 
-class _Metrics:
-    """Appends one JSON object per line to ``metrics.jsonl`` (flushed each line)."""
+@dataclasses.dataclass
+class TrainState:
+    """The arrays of a run on the mesh, and how many steps produced them."""
 
-    def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+    params: Any
+    rest: Any  # every nnx Variable that is not a Param: BatchNorm statistics, RNG state
+    opt_state: Any
+    step: int = 0
 
-    def write(self, **record) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def evaluate(eval_step, params, rest, loader: Loader, par: Parallel) -> dict[str, Any]:
-    """Loss, accuracy and predictions over a whole split (last batch padded and masked)."""
-    total = {"loss": 0.0, "correct": 0, "count": 0}
-    preds = []
-    bs = loader.batch_size
-    for s in range(loader.steps_per_epoch()):
-        x, y = loader.batch(0, s)
-        n = len(y)
-        mask = np.zeros(bs, np.float32)
-        mask[:n] = 1.0
-        if n < bs:  # one compiled shape for every batch
-            x = np.concatenate([x, np.zeros((bs - n,) + x.shape[1:], x.dtype)])
-            y = np.concatenate([y, np.zeros(bs - n, y.dtype)])
-        out = eval_step(params, rest, par.put_batch(x, y, mask))
-        total["loss"] += float(out["loss"])
-        total["correct"] += int(out["correct"])
-        total["count"] += int(out["count"])
-        pred = out["pred"]
-        if jax.process_count() > 1:  # each process holds only its shard
-            from jax.experimental import multihost_utils
-
-            pred = multihost_utils.process_allgather(pred, tiled=True)
-        preds.append(np.asarray(pred)[:n])
-    count = max(total["count"], 1)
-    return {
-        "loss": total["loss"] / count,
-        "accuracy": total["correct"] / count,
-        "predictions": np.concatenate(preds) if preds else np.zeros(0, np.int64),
-    }
+    @property
+    def arrays(self) -> tuple:
+        return self.params, self.rest, self.opt_state
 
 
-def _progress(total: int, initial: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+@dataclasses.dataclass
+class Run:
+    """Everything a run builds once, before its first step."""
 
-    return tqdm(
-        total=total,
-        initial=initial,
-        desc=desc,
-        unit="step",
-        disable=not enabled,
-        dynamic_ncols=True,
-        leave=False,
-    )
+    cfg: TrainConfig
+    spec: ModelSpec
+    data: Dataset
+    kwargs: dict
+    par: Parallel
+    graphdef: Any
+    eval_graphdef: Any
+    tx: optax.GradientTransformation
+    shardings: tuple  # (params, rest, opt_state) sharding trees
+    train_step: Any
+    eval_step: Any
+    pipeline: TrainPipeline
+    ckpt: Checkpointer
+    log: MetricsLog
+
+    @property
+    def workdir(self) -> Path:
+        return Path(self.cfg.workdir)
 
 
-def train_and_evaluate(
-    cfg: TrainConfig, *, devices: int | None = None, crash_at_step: int | None = None
-) -> dict[str, Any]:
-    """Train ``cfg.model`` on ``cfg.dataset``; returns the final metrics and state.
-
-    Args:
-      cfg: the run's configuration.
-      devices: how many local devices to shard the batch over (default: all).
-      crash_at_step: fault injection for tests: ``os._exit`` right after this
-        global step, as a kill would (no cleanup, no final checkpoint).
-    """
+def _check_workdir(cfg: TrainConfig) -> None:
+    """Refuse to mix two runs in one workdir; ``--overwrite`` clears the old one."""
     workdir = Path(cfg.workdir)
+    ckpt_dir = workdir / "checkpoints"
+    if workdir.exists() and not workdir.is_dir():
+        raise ValueError(f"`workdir` (={cfg.workdir!r}) exists and is not a directory")
+    has_run = ckpt_dir.is_dir() and any(ckpt_dir.iterdir())
+    if has_run and not cfg.resume and not cfg.overwrite:
+        raise WorkdirError(
+            f"`workdir` (={cfg.workdir!r}) holds another run's checkpoints; pass --resume to "
+            f"continue it, --overwrite to replace it, or another --workdir"
+        )
+    if cfg.overwrite and jax.process_index() == 0:
+        for name in ("checkpoints", "tb", "metrics.jsonl", "curves.png"):
+            p = workdir / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"`workdir` (={cfg.workdir!r}) cannot be created: {e.strerror}") from e
+    if not os.access(workdir, os.W_OK):
+        raise ValueError(f"`workdir` (={cfg.workdir!r}) is not writable")
+
+
+def build_run(cfg: TrainConfig, *, devices: int | None = None) -> Run:
+    """Data, mesh, model, optimizer, jitted steps, checkpointer and logs for ``cfg``."""
     spec = get_model(cfg.model)
+    par = Parallel.create(parse_mesh(cfg.mesh), devices)
+    nproc = jax.process_count()
+    if cfg.batch_size % par.size or cfg.batch_size % nproc:
+        raise ValueError(
+            f"`batch_size` (={cfg.batch_size}) must be divisible by the {par.size} devices "
+            f"(mesh {par.shape}) and the {nproc} process(es) it is split over"
+        )
+    if cfg.export:
+        check_export_path(cfg.export)
+    _check_workdir(cfg)
     data = load_dataset(
         cfg.dataset,
         path=cfg.data_path,
@@ -179,18 +175,73 @@ def train_and_evaluate(
         seed=cfg.seed,
     )
     info = data.info
-    par = Parallel.create(devices)
-    if cfg.batch_size % par.size:
-        raise ValueError(
-            f"`batch_size` (={cfg.batch_size}) must be divisible by the "
-            f"{par.size} devices it is split over"
-        )
-
-    dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else None
+    pipeline = TrainPipeline(
+        data,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        augment=Augment(cfg.augment_pad, cfg.augment_flip),
+        epochs=cfg.epochs,
+        process_index=jax.process_index(),
+        process_count=nproc,
+        workers=cfg.workers,
+    )
     kwargs = model_kwargs(spec, info, cfg.model_overrides)
+    dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else None
+    # Only the structure is needed here; create_state builds the values.
+    abstract = nnx.eval_shape(
+        lambda: build_flax(spec, info, cfg.model_overrides, rngs=nnx.Rngs(0), dtype=dtype)
+    )
+    abstract.train()
+    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+    abstract.eval()
+    eval_graphdef = nnx.graphdef(abstract)
+    tx = make_optimizer(cfg, max(pipeline.total_steps, 1))
+    opt_state = jax.eval_shape(tx.init, params)
+    shardings = (
+        par.state_sharding(params),
+        par.state_sharding(rest, fsdp=False),
+        par.state_sharding(opt_state),
+    )
+    train_step = make_train_step(
+        graphdef,
+        tx,
+        _loss_fn(cfg.label_smoothing, info.num_classes),
+        skip_non_finite=True,
+        state_sharding=shardings,
+        batch_sharding=par.batch,
+        with_flags=True,
+    )
+    eval_step = make_eval_step(
+        eval_graphdef,
+        _eval_fn(info.num_classes),
+        state_sharding=shardings[:2],
+        batch_sharding=par.batch,
+    )
+    return Run(
+        cfg=cfg,
+        spec=spec,
+        data=data,
+        kwargs=kwargs,
+        par=par,
+        graphdef=graphdef,
+        eval_graphdef=eval_graphdef,
+        tx=tx,
+        shardings=shardings,
+        train_step=train_step,
+        eval_step=eval_step,
+        pipeline=pipeline,
+        ckpt=Checkpointer(Path(cfg.workdir) / "checkpoints", keep=cfg.keep_checkpoints),
+        log=MetricsLog(cfg.workdir, tensorboard=cfg.tensorboard),
+    )
+
+
+def create_state(run: Run) -> TrainState:
+    """Fresh weights from ``cfg.seed`` (or ``--init-from``), placed on the mesh."""
+    cfg = run.cfg
+    dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else None
     model = build_flax(
-        spec,
-        info,
+        run.spec,
+        run.data.info,
         cfg.model_overrides,
         rngs=nnx.Rngs(params=cfg.seed, dropout=cfg.seed + 1),
         dtype=dtype,
@@ -198,181 +249,361 @@ def train_and_evaluate(
     if cfg.init_from:
         load_state_dict(model, load_weights(cfg.init_from))
     model.train()
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    eval_model = nnx.merge(graphdef, params, rest)
-    eval_model.eval()
-    eval_graphdef = nnx.graphdef(eval_model)
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    opt_state = run.tx.init(params)
+    arrays = jax.device_put((params, rest, opt_state), run.shardings)
+    return TrainState(*arrays, step=0)
 
-    train_loader = Loader(
-        data,
-        cfg.batch_size,
-        train=True,
-        seed=cfg.seed,
-        augment=Augment(cfg.augment_pad, cfg.augment_flip),
-    )
-    test_loader = Loader(data, cfg.batch_size, train=False)
-    steps_per_epoch = train_loader.steps_per_epoch()
-    total_steps = cfg.epochs * steps_per_epoch
-    tx = make_optimizer(cfg, max(total_steps, 1))
-    opt_state = tx.init(params)
 
-    rep = par.replicated
-    params, rest, opt_state = jax.device_put((params, rest, opt_state), rep)
-    train_step = make_train_step(
-        graphdef,
-        tx,
-        _loss_fn(cfg.label_smoothing, info.num_classes),
-        skip_non_finite=True,
-        state_sharding=rep,
-        batch_sharding=par.batch,
-    )
-    eval_step = make_eval_step(
-        eval_graphdef, _eval_fn(info.num_classes), state_sharding=rep, batch_sharding=par.batch
-    )
+def restore_state(run: Run, state: TrainState, iterator) -> tuple[TrainState, Any]:
+    """Continue from the newest intact checkpoint, if any (``--resume``).
 
-    ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.keep_checkpoints)
-    metrics = _Metrics(workdir / "metrics.jsonl")
-    config_json = {**cfg.to_json(), "model_kwargs": kwargs}
-    step = 0
-    if cfg.resume and ckpt.latest_step() is not None:
-        (params, rest, opt_state), meta = ckpt.restore(
-            (params, rest, opt_state), config=cfg.to_json(), resume_keys=RESUME_KEYS
+    Returns the state and the data iterator at the checkpoint's position. A
+    checkpoint from another process count or mesh is resharded; the input
+    pipeline then starts at the checkpoint's step (its position is a pure
+    function of the step) instead of the saved per-process iterator state.
+    """
+    out = run.ckpt.restore_latest(
+        state.arrays,
+        config=run.cfg.to_json(),
+        resume_keys=RESUME_KEYS,
+        data_iterator=iterator,
+    )
+    if out is None:
+        say(f"no checkpoint in {run.ckpt.directory}; starting from scratch")
+        return state, iterator
+    arrays, meta = out
+    step = int(meta["step"])
+    if not meta["data_restored"]:
+        iterator = run.pipeline.iterator(start_step=step)
+    say(
+        f"resumed from step {step} ({run.ckpt.directory}"
+        + (
+            ""
+            if meta["data_restored"]
+            else f"; written by {meta.get('process_count', 1)} process(es), resharded"
         )
-        step = int(meta["step"])
-        print(f"resumed from step {step} ({ckpt.directory})", flush=True)
-    elif cfg.resume:
-        print(f"no checkpoint in {ckpt.directory}; starting from scratch", flush=True)
+        + ")"
+    )
+    return TrainState(*arrays, step=step), iterator
 
-    def save(at: int) -> None:
-        epoch, in_epoch = divmod(at, steps_per_epoch)
-        ckpt.save(
-            at,
-            (params, rest, opt_state),
-            {
-                "config": cfg.to_json(),
-                "epoch": epoch,
-                "step_in_epoch": in_epoch,
-                "model_kwargs": kwargs,
-                "model_class": spec.cls,
-            },
-        )
 
-    history = []
-    pending: list[tuple[int, Any, Any, Any]] = []  # (step, loss, correct, finite) on device
+def save_checkpoint(run: Run, state: TrainState, iterator) -> None:
+    epoch, in_epoch = divmod(state.step, max(run.pipeline.steps_per_epoch, 1))
+    run.ckpt.save(
+        state.step,
+        state.arrays,
+        {
+            "config": run.cfg.to_json(),
+            "epoch": epoch,
+            "step_in_epoch": in_epoch,
+            "model_kwargs": run.kwargs,
+            "model_class": run.spec.cls,
+            "mesh": run.par.shape,
+        },
+        data_iterator=iterator,
+    )
 
-    def drain() -> tuple[float, float]:
-        """Sync the pending step results; stop on the first non-finite one."""
-        losses, correct = [], 0
-        for s, loss, corr, finite in pending:
-            if not bool(finite):
-                last = ckpt.latest_step()
-                where = f"step {last} in {ckpt.directory}" if last is not None else "none yet"
+
+class StopSignal:
+    """``SIGTERM``/``SIGINT`` -> a flag read at the next step boundary.
+
+    A second ``SIGINT`` interrupts at once (Python's default). Handlers are
+    installed only in the main thread and restored on exit.
+    """
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._old: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.signal == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __enter__(self) -> StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGTERM, signal.SIGINT):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signal).name if self.signal else "a stop flag"
+
+
+@dataclasses.dataclass
+class _Pending:
+    """Step results still on the device, synced at log points (not every step)."""
+
+    items: list = dataclasses.field(default_factory=list)
+
+    def drain(self, run: Run, log: bool, window: tuple | None = None) -> dict | None:
+        """Check and summarise the pending steps; ``window`` = (start time, steps
+        since then) for the images/s figure."""
+        if not self.items:
+            return None
+        cfg = run.cfg
+        losses, correct, norms = [], 0, []
+        for step, loss, aux in self.items:
+            if not bool(aux["finite"]):
+                last = run.ckpt.latest_step()
+                where = f"step {last} in {run.ckpt.directory}" if last is not None else "none yet"
+                loss = float(loss)
+                what = (
+                    f"loss became non-finite ({loss}) at step {step}"
+                    if not bool(aux["loss_finite"])
+                    else f"training diverged at step {step}: the loss ({loss:.4g}) is finite "
+                    f"but its gradients or the updated weights are non-finite"
+                )
                 raise NonFiniteLossError(
-                    f"loss became non-finite ({float(loss)}) at step {s}; stopped without "
-                    f"saving. The last good checkpoint is {where}. Lower --lr, keep "
-                    f"--clip-norm, or check the data."
+                    f"{what}; stopped without saving it. The last good checkpoint is {where}. "
+                    f"Lower --lr, keep --clip-norm, or check the data."
                 )
             losses.append(float(loss))
-            correct += int(corr)
-        n = len(pending)
-        pending.clear()
-        return (
-            float(np.mean(losses)) if losses else float("nan"),
-            correct / max(n * cfg.batch_size, 1),
-        )
+            correct += int(aux["correct"])
+            norms.append(float(aux["grad_norm"]))
+        last_step = self.items[-1][0]
+        n = len(self.items)
+        self.items.clear()
+        rec = {
+            "kind": "train",
+            "step": last_step,
+            "epoch": (last_step - 1) // max(run.pipeline.steps_per_epoch, 1) + 1,
+            "loss": float(np.mean(losses)),
+            "accuracy": correct / (n * cfg.batch_size),
+            "learning_rate": float(schedule(cfg, max(run.pipeline.total_steps, 1))(last_step - 1)),
+            "grad_norm": float(np.mean(norms)),
+        }
+        if window is not None and window[1] > 0:
+            seconds = max(time.perf_counter() - window[0], 1e-9)
+            rec["images_per_sec"] = window[1] * cfg.batch_size / seconds
+        if log:
+            run.log.write(**rec)
+        return rec
 
-    t_start = time.perf_counter()
-    try:
-        for epoch in range(step // steps_per_epoch if steps_per_epoch else 0, cfg.epochs):
-            start = step - epoch * steps_per_epoch
-            bar = _progress(steps_per_epoch, start, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress)
-            t0, seen = time.perf_counter(), 0
-            run_loss, run_acc = [], []
-            for x, y in train_loader.epoch(epoch, start):
-                if cfg.max_steps is not None and step >= cfg.max_steps:
-                    break
-                params, rest, opt_state, loss, aux = train_step(
-                    params, rest, opt_state, par.put_batch(x, y)
+
+def _progress(run: Run, initial: int, total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc="train",
+        unit="step",
+        disable=not run.cfg.progress or jax.process_index() != 0,
+        dynamic_ncols=True,
+        leave=False,
+    )
+
+
+def train_epoch(run: Run, state: TrainState, it, stop: StopSignal, last_step: int) -> str | None:
+    """Steps of the current epoch up to ``last_step``; updates ``state`` in place.
+
+    Returns ``"preempted"`` when a stop signal ended the epoch early, else ``None``.
+    The progress bar starts after the first step, so its ETA leaves out compilation.
+    """
+    cfg, par = run.cfg, run.par
+    spe = run.pipeline.steps_per_epoch
+    end = min((state.step // spe + 1) * spe, last_step)
+    crash_at = os.environ.get(CRASH_ENV)
+    crash_at = int(crash_at) if crash_at else None
+    local_flags = len(par.mesh.local_devices)
+    pending = _Pending()
+    bar = None
+    prev_aux = None
+    t_window, window = None, 0  # images/s over the steps since the last log point
+    while state.step < end:
+        x, y = next(it)
+        flags = np.full(local_flags, 1 if stop.signal else 0, np.int32)
+        xb, yb, fb = par.put_batch(x, y, flags)
+        params, rest, opt_state, loss, aux = run.train_step(*state.arrays, (xb, yb), fb)
+        state.params, state.rest, state.opt_state = params, rest, opt_state
+        state.step += 1
+        pending.items.append((state.step, loss, aux))
+        window += 1
+        if bar is None:  # the first step compiled: time and ETA start now
+            jax.block_until_ready(loss)
+            bar = _progress(run, state.step, last_step)
+            t_window, window = time.perf_counter(), 0
+        if state.step % cfg.log_every == 0 or state.step % cfg.checkpoint_every == 0:
+            rec = pending.drain(run, log=True, window=(t_window, window))
+            t_window, window = time.perf_counter(), 0
+            if rec is not None:
+                bar.set_postfix(
+                    loss=f"{rec['loss']:.4f}", img_s=f"{rec.get('images_per_sec', 0):.0f}"
                 )
-                step += 1
-                seen += len(y)
-                pending.append((step, loss, aux["correct"], aux["finite"]))
-                if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0:
-                    mean_loss, acc = drain()
-                    run_loss.append(mean_loss)
-                    run_acc.append(acc)
-                    ips = seen / (time.perf_counter() - t0)
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{ips:.0f}")
-                    metrics.write(
-                        kind="train",
-                        step=step,
-                        epoch=epoch + 1,
-                        loss=mean_loss,
-                        accuracy=acc,
-                        images_per_sec=ips,
-                    )
-                if step % cfg.checkpoint_every == 0:
-                    save(step)
-                bar.update(1)
-                if crash_at_step is not None and step == crash_at_step:
-                    ckpt.wait()  # what was saved is on disk, as after a real kill
-                    os._exit(86)
-            mean_loss, acc = drain()
+        if state.step % cfg.checkpoint_every == 0:
+            save_checkpoint(run, state, it)
+        bar.update(1)
+        if crash_at is not None and state.step == crash_at:
+            run.ckpt.wait()  # what was saved is on disk, as after a real kill
+            os._exit(86)
+        # The flag of the previous step is on the host by now; every process reads
+        # the same all-reduced value, so all stop after the same step.
+        if prev_aux is not None and int(prev_aux["flag"]):
+            pending.drain(run, log=True)
             bar.close()
-            if not math.isnan(mean_loss):
-                run_loss.append(mean_loss)
-                run_acc.append(acc)
-            ev = evaluate(eval_step, params, rest, test_loader, par)
-            elapsed = time.perf_counter() - t0
-            record = {
-                "kind": "epoch",
-                "epoch": epoch + 1,
-                "step": step,
-                "train_loss": float(np.mean(run_loss)) if run_loss else None,
-                "train_accuracy": float(np.mean(run_acc)) if run_acc else None,
-                "eval_loss": ev["loss"],
-                "eval_accuracy": ev["accuracy"],
-                "images_per_sec": seen / max(elapsed, 1e-9),
-                "seconds": elapsed,
-            }
-            metrics.write(**record)
-            history.append(record)
-            print(
-                f"epoch {epoch + 1}/{cfg.epochs}: train loss {record['train_loss']:.4f}, "
-                f"eval loss {ev['loss']:.4f}, eval accuracy {ev['accuracy']:.4f} "
-                f"({record['images_per_sec']:.0f} img/s)",
-                flush=True,
-            )
-            if cfg.max_steps is not None and step >= cfg.max_steps:
-                break
-        drain()
-        if ckpt.latest_step() != step:
-            save(step)
-    finally:
-        ckpt.close()
+            return "preempted"
+        prev_aux = aux
+    pending.drain(run, log=True)
+    if bar is not None:
+        bar.close()
+    return None
 
-    final = evaluate(eval_step, params, rest, test_loader, par)
-    model = nnx.merge(graphdef, params, rest)
+
+def evaluate(run: Run, state: TrainState) -> dict[str, Any]:
+    """Loss, accuracy and predictions over the whole held-out split."""
+    total = {"loss": 0.0, "correct": 0, "count": 0}
+    preds = []
+    nproc = jax.process_count()
+    for x, y, mask in eval_batches(
+        run.data,
+        batch_size=run.cfg.batch_size,
+        process_index=jax.process_index(),
+        process_count=nproc,
+    ):
+        out = run.eval_step(state.params, state.rest, run.par.put_batch(x, y, mask))
+        total["loss"] += float(out["loss"])
+        total["correct"] += int(out["correct"])
+        total["count"] += int(out["count"])
+        pred = out["pred"]
+        if nproc > 1:  # each process holds only its rows
+            from jax.experimental import multihost_utils
+
+            pred = multihost_utils.process_allgather(pred, tiled=True)
+        preds.append(np.asarray(pred))
+    count = max(total["count"], 1)
+    n = len(run.data.test)
+    return {
+        "loss": total["loss"] / count,
+        "accuracy": total["correct"] / count,
+        # Global batches are the test split in order, the last one padded.
+        "predictions": np.concatenate(preds)[:n] if preds else np.zeros(0, np.int64),
+    }
+
+
+def _host_model(run: Run, state: TrainState) -> nnx.Module:
+    """The trained model with every array gathered to this host (a collective)."""
+    params, rest = run.par.to_host((state.params, state.rest))
+    model = nnx.merge(run.graphdef, jax.device_put(params), jax.device_put(rest))
     model.eval()
-    if cfg.export:
-        export_weights(model, spec.cls, kwargs, cfg.export)
+    return model
+
+
+def train_and_evaluate(cfg: TrainConfig, *, devices: int | None = None) -> dict[str, Any]:
+    """Train ``cfg.model`` on ``cfg.dataset``; returns the final metrics and the model.
+
+    Args:
+      cfg: the run's configuration.
+      devices: shard over the first ``devices`` local devices only (one process).
+    """
+    t_start = time.perf_counter()
+    run = build_run(cfg, devices=devices)
+    state = create_state(run)
+    it = run.pipeline.iterator(start_step=0)
+    if cfg.resume:
+        state, it = restore_state(run, state, it)
+    last_step = run.pipeline.total_steps
+    if cfg.max_steps is not None:
+        last_step = min(last_step, cfg.max_steps)
+    history: list[dict] = []
+    outcome = None
+    if state.step >= last_step:
+        say(f"the run in {cfg.workdir} is complete at step {state.step}; nothing to train")
+        outcome = "complete"
+    try:
+        with StopSignal() as stop:
+            while state.step < last_step:
+                t0, step0 = time.perf_counter(), state.step
+                if train_epoch(run, state, it, stop, last_step) == "preempted":
+                    save_checkpoint(run, state, it)
+                    run.ckpt.wait()
+                    outcome = "preempted"
+                    say(
+                        f"stopped by {stop.name} at step {state.step}: checkpoint written to "
+                        f"{run.ckpt.directory}; continue with --resume"
+                    )
+                    break
+                epoch = (state.step - 1) // run.pipeline.steps_per_epoch + 1
+                ev = evaluate(run, state)
+                elapsed = time.perf_counter() - t0
+                record = {
+                    "kind": "epoch",
+                    "epoch": epoch,
+                    "step": state.step,
+                    "eval_loss": ev["loss"],
+                    "eval_accuracy": ev["accuracy"],
+                    "images_per_sec": (state.step - step0) * cfg.batch_size / max(elapsed, 1e-9),
+                    "seconds": elapsed,
+                }
+                run.log.write(**record)
+                history.append(record)
+                say(
+                    f"epoch {epoch}/{cfg.epochs} (step {state.step}): eval loss "
+                    f"{ev['loss']:.4f}, eval accuracy {ev['accuracy']:.4f} "
+                    f"({record['images_per_sec']:.0f} img/s)"
+                )
+            if outcome != "preempted" and run.ckpt.latest_step() != state.step:
+                save_checkpoint(run, state, it)
+    except BaseException:
+        run.log.close()
+        raise
+    finally:
+        run.ckpt.close()
+        close = getattr(it, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()  # grain worker processes
+
+    if outcome == "preempted":
+        run.log.close()
+        return {"preempted": True, "steps": state.step, "model": cfg.model}
+    final = evaluate(run, state)
+    model = _host_model(run, state)
+    if cfg.export and jax.process_index() == 0:
+        export_weights(model, run.spec.cls, run.kwargs, cfg.export)
     summary = {
         "model": cfg.model,
         "dataset": cfg.dataset,
-        "steps": step,
+        "steps": state.step,
         "eval_loss": final["loss"],
         "eval_accuracy": final["accuracy"],
         "seconds": time.perf_counter() - t_start,
-        "devices": par.size,
+        "devices": run.par.size,
+        "processes": jax.process_count(),
     }
-    metrics.write(kind="final", **summary)
+    run.log.write(kind="final", **summary)
+    run.log.close()
+    if jax.process_index() == 0:
+        plot_curves(run.log.path, run.workdir / "curves.png")
     return {
         **summary,
+        "preempted": False,
+        "complete_before": outcome == "complete",
         "history": history,
         "module": model,
         "predictions": final["predictions"],
-        "config": config_json,
+        "config": {**cfg.to_json(), "model_kwargs": run.kwargs},
     }
 
 
-__all__ = ["CheckpointError", "NonFiniteLossError", "Parallel", "evaluate", "train_and_evaluate"]
+__all__ = [
+    "CheckpointError",
+    "NonFiniteLossError",
+    "Parallel",
+    "StopSignal",
+    "TrainState",
+    "WorkdirError",
+    "build_run",
+    "create_state",
+    "evaluate",
+    "restore_state",
+    "save_checkpoint",
+    "train_and_evaluate",
+    "train_epoch",
+]

@@ -32,6 +32,7 @@ def make_train_step(
     state_sharding: Any = None,
     batch_sharding: Any = None,
     donate: bool = True,
+    with_flags: bool = False,
 ) -> Callable:
     """``step(params, rest, opt_state, batch) -> (params, rest, opt_state, loss, aux)``.
 
@@ -43,8 +44,17 @@ def make_train_step(
       skip_non_finite: when the loss or any gradient is not finite, return the
         incoming params/rest/opt_state unchanged (``aux`` then carries
         ``finite=False``): a NaN never reaches the weights or a checkpoint.
-      state_sharding / batch_sharding: ``jax.sharding`` specs for the state
-        (replicated for data parallelism) and the batch (split on its first axis).
+        ``aux["grad_norm"]`` is the global gradient norm; ``aux["loss_finite"]``
+        tells a non-finite loss from a finite loss whose update was not finite.
+      state_sharding / batch_sharding: ``jax.sharding`` specs for the state and the
+        batch (split on its first axis). ``state_sharding`` is one sharding for all
+        three state trees (replicated: data parallelism) or a tuple
+        ``(params, rest, opt_state)`` of sharding trees (FSDP); the loss and ``aux``
+        come back replicated.
+      with_flags: the step takes a fifth argument, an int32 vector sharded like the
+        batch (one entry per batch shard), and returns its maximum as
+        ``aux["flag"]``: every process learns whether any process raised its flag
+        (a preemption signal) from the step's own all-reduce, at no extra collective.
     """
 
     def loss_and_state(params, rest, batch):
@@ -53,16 +63,23 @@ def make_train_step(
         _, _, new_rest = nnx.split(model, nnx.Param, ...)
         return loss, (new_rest, aux)
 
-    def step(params, rest, opt_state, batch):
+    def all_finite(tree):
+        return jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(tree)]))
+
+    def step(params, rest, opt_state, batch, flags=None):
         (loss, (new_rest, aux)), grads = jax.value_and_grad(loss_and_state, has_aux=True)(
             params, rest, batch
         )
         updates, new_opt_state = tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
+        aux = {**(aux or {}), "grad_norm": optax.tree.norm(grads)}
+        if flags is not None:
+            aux["flag"] = jnp.max(flags)
         if skip_non_finite:
-            finite = jnp.isfinite(loss) & jnp.all(
-                jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
-            )
+            # The new parameters, not only the gradients: a NaN or infinite
+            # learning rate turns finite gradients into non-finite weights.
+            loss_finite = jnp.isfinite(loss)
+            finite = loss_finite & all_finite(grads) & all_finite(new_params)
 
             def pick(new, old):
                 return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
@@ -70,14 +87,24 @@ def make_train_step(
             new_params = pick(new_params, params)
             new_rest = pick(new_rest, rest)
             new_opt_state = pick(new_opt_state, opt_state)
-            aux = {**(aux or {}), "finite": finite}
+            aux = {**aux, "finite": finite, "loss_finite": loss_finite}
         return new_params, new_rest, new_opt_state, loss, aux
 
+    def step4(params, rest, opt_state, batch):
+        return step(params, rest, opt_state, batch)
+
+    fn = step if with_flags else step4
     shardings = {}
     if state_sharding is not None or batch_sharding is not None:
         s, b = state_sharding, batch_sharding
-        shardings = {"in_shardings": (s, s, s, b), "out_shardings": (s, s, s, s, s)}
-    return jax.jit(step, donate_argnums=(0, 1, 2) if donate else (), **shardings)
+        if isinstance(s, tuple):
+            sp, sr, so = s
+            out = jax.sharding.NamedSharding(b.mesh, jax.sharding.PartitionSpec())
+        else:
+            sp = sr = so = out = s
+        ins = (sp, sr, so, b, b) if with_flags else (sp, sr, so, b)
+        shardings = {"in_shardings": ins, "out_shardings": (sp, sr, so, out, out)}
+    return jax.jit(fn, donate_argnums=(0, 1, 2) if donate else (), **shardings)
 
 
 def make_eval_step(
@@ -95,5 +122,10 @@ def make_eval_step(
     shardings = {}
     if state_sharding is not None or batch_sharding is not None:
         s, b = state_sharding, batch_sharding
-        shardings = {"in_shardings": (s, s, b), "out_shardings": s}
+        if isinstance(s, tuple):  # (params, rest) sharding trees
+            sp, sr = s
+            out = jax.sharding.NamedSharding(b.mesh, jax.sharding.PartitionSpec())
+        else:
+            sp = sr = out = s
+        shardings = {"in_shardings": (sp, sr, b), "out_shardings": out}
     return jax.jit(step, **shardings)
