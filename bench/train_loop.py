@@ -1,9 +1,9 @@
 """Images per second of the whole training loop, data pipeline included, JAX vs PyTorch eager.
 
-Both loops draw the same batches from ``train.data.Loader`` (shuffle, augmentation,
-normalisation on a prefetch thread), run forward + backward + AdamW with label
-smoothing, and are timed over the same number of steps after a warm-up, in one
-run on the same machine::
+Both loops draw the same batches from the training input pipeline
+(``train.data.TrainPipeline`` on grain: shuffle, augmentation, normalisation,
+prefetched), run forward + backward + AdamW with label smoothing, and are timed
+over the same number of steps after a warm-up, in one run on the same machine::
 
     python -m bench.train_loop --model vit_tiny --steps 60
 """
@@ -19,27 +19,23 @@ from flax import nnx
 
 from bench.harness import default_threads
 from train.config import TrainConfig
-from train.data import Augment, Loader, load_dataset
-from train.loop import Parallel, _loss_fn
+from train.data import Augment, TrainPipeline, load_dataset
+from train.loop import _loss_fn
 from train.models import build_flax, build_torch, get_model
 from train.optim import make_optimizer
+from train.parallel import Parallel
 from train.step import make_train_step
 
 
-def _batches(loader: Loader, n: int):
-    epoch = 0
-    while True:
-        for b in loader.epoch(epoch):
-            yield b
-            n -= 1
-            if n == 0:
-                return
-        epoch += 1
+def _batches(pipeline: TrainPipeline, n: int):
+    it = pipeline.iterator()
+    for _ in range(n):
+        yield next(it)
 
 
-def jax_images_per_sec(cfg: TrainConfig, loader: Loader, steps: int, warmup: int) -> float:
+def jax_images_per_sec(cfg: TrainConfig, pipeline: TrainPipeline, steps: int, warmup: int) -> float:
     spec = get_model(cfg.model)
-    info = loader.data.info
+    info = pipeline.data.info
     model = build_flax(spec, info, cfg.model_overrides, rngs=nnx.Rngs(cfg.seed))
     model.train()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -55,7 +51,7 @@ def jax_images_per_sec(cfg: TrainConfig, loader: Loader, steps: int, warmup: int
         batch_sharding=par.batch,
     )
     params, rest, opt_state = jax.device_put((params, rest, opt_state), par.replicated)
-    it = _batches(loader, warmup + steps)
+    it = _batches(pipeline, warmup + steps)
     for _ in range(warmup):
         x, y = next(it)
         params, rest, opt_state, loss, _ = step(params, rest, opt_state, par.put_batch(x, y))
@@ -68,11 +64,13 @@ def jax_images_per_sec(cfg: TrainConfig, loader: Loader, steps: int, warmup: int
     return seen / (time.perf_counter() - t0)
 
 
-def torch_images_per_sec(cfg: TrainConfig, loader: Loader, steps: int, warmup: int) -> float:
+def torch_images_per_sec(
+    cfg: TrainConfig, pipeline: TrainPipeline, steps: int, warmup: int
+) -> float:
     import torch
 
     torch.manual_seed(cfg.seed)
-    model = build_torch(get_model(cfg.model), loader.data.info, cfg.model_overrides).train()
+    model = build_torch(get_model(cfg.model), pipeline.data.info, cfg.model_overrides).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def step(x, y):
@@ -86,7 +84,7 @@ def torch_images_per_sec(cfg: TrainConfig, loader: Loader, steps: int, warmup: i
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
         opt.step()
 
-    it = _batches(loader, warmup + steps)
+    it = _batches(pipeline, warmup + steps)
     for _ in range(warmup):
         step(*next(it))
     t0, seen = time.perf_counter(), 0
@@ -106,6 +104,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=default_threads())
+    p.add_argument("--workers", type=int, default=0, help="grain worker processes")
     args = p.parse_args(argv)
 
     import torch
@@ -121,15 +120,17 @@ def main(argv=None) -> int:
         }
     )
     data = load_dataset(cfg.dataset)
-    loader = Loader(
+    steps_needed = args.warmup + args.steps
+    pipeline = TrainPipeline(
         data,
-        cfg.batch_size,
-        train=True,
+        batch_size=cfg.batch_size,
         seed=cfg.seed,
         augment=Augment(cfg.augment_pad, cfg.augment_flip),
+        epochs=-(-steps_needed // (len(data.train) // cfg.batch_size)),
+        workers=args.workers,
     )
-    jax_ips = jax_images_per_sec(cfg, loader, args.steps, args.warmup)
-    torch_ips = torch_images_per_sec(cfg, loader, args.steps, args.warmup)
+    jax_ips = jax_images_per_sec(cfg, pipeline, args.steps, args.warmup)
+    torch_ips = torch_images_per_sec(cfg, pipeline, args.steps, args.warmup)
     print(
         f"training loop, data included: {args.model} on {cfg.dataset}, batch {cfg.batch_size}, "
         f"{args.steps} steps, {args.threads} threads, jax {jax.__version__}, "
