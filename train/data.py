@@ -734,8 +734,8 @@ class TrainPipeline:
             .map(_Read(data.train))
             .map(RandomShiftFlip(augment.pad, augment.flip, seed))
             .batch(b, drop_remainder=True)
-            .map(_Normalize(data.mean, data.std))
         )
+        self._normalize = _Normalize(data.mean, data.std)
 
     def dataset(self, start_step: int = 0) -> grain.IterDataset:
         """The grain dataset of steps ``start_step..total_steps-1`` (a slice: no replay)."""
@@ -745,18 +745,18 @@ class TrainPipeline:
             )
         ds = self._batches[start_step:]
         if self.workers == 0:
-            return ds.to_iter_dataset(
+            return ds.map(self._normalize).to_iter_dataset(
                 grain.ReadOptions(
                     num_threads=min(self.prefetch, 4), prefetch_buffer_size=self.prefetch
                 )
             )
         _absl_flags_parsed()
+        # Workers send uint8 batches (a quarter of float32's bytes); this process normalises.
         ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
-        return ds.mp_prefetch(
-            grain.MultiprocessingOptions(
-                num_workers=self.workers, per_worker_buffer_size=max(self.prefetch, 1)
-            )
+        options = grain.MultiprocessingOptions(
+            num_workers=self.workers, per_worker_buffer_size=max(self.prefetch, 1)
         )
+        return ds.mp_prefetch(options).map(self._normalize)
 
     def iterator(self, start_step: int = 0) -> PipelineIterator:
         """Batches ``(x float32 (b, H, W, C) normalised, y int32 (b,))`` for steps
