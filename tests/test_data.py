@@ -147,6 +147,9 @@ def test_prepare_cli_and_interrupted_folder(tmp_path):
         "test-00000-of-00001.array_record",
         "train-00000-of-00001.array_record",
     ]
+    (tmp_path / "ar" / "test-00000-of-00001.array_record").unlink()
+    with pytest.raises(FileNotFoundError, match=r"test shards \['test-00000-of-00001"):
+        load_dataset("arrayrecord", path=str(tmp_path / "ar"))
     (tmp_path / "ar" / "meta.json").unlink()  # what an interrupted prepare leaves
     with pytest.raises(FileNotFoundError, match=r"ar: no meta.json .*python -m train.prepare"):
         load_dataset("arrayrecord", path=str(tmp_path / "ar"))
@@ -221,17 +224,20 @@ def _pipe(data, **kw):
     return TrainPipeline(data, **kw)
 
 
-def test_batches_follow_the_documented_formula(digits):
-    pipe = _pipe(digits, augment=Augment())
-    spe, b = pipe.steps_per_epoch, 64
-    assert spe == len(digits.train) // b and pipe.total_steps == 2 * spe
+@pytest.mark.parametrize("b,epochs,prefetch", [(64, 2, 2), (1000, 6, 4), (100, 1, 0)])
+def test_batches_follow_the_documented_formula(digits, b, epochs, prefetch):
+    """One-step epochs with 4 reader threads: several epochs' permutations at once."""
+    pipe = _pipe(digits, augment=Augment(), batch_size=b, epochs=epochs, prefetch=prefetch)
+    spe = pipe.steps_per_epoch
+    assert spe == len(digits.train) // b and pipe.total_steps == epochs * spe
     got = _batches(pipe)
     assert len(got) == pipe.total_steps
     x_train = np.stack([r["image"] for r in _records(digits.train)])
     y_train = np.array([r["label"] for r in _records(digits.train)])
-    for s in (0, 1, spe - 1, spe, 2 * spe - 1):
+    for s in sorted({0, 1, spe - 1, spe, epochs * spe - 1} & set(range(pipe.total_steps))):
         order = np.random.default_rng((3, s // spe)).permutation(len(digits.train))
         idx = order[(s % spe) * b : (s % spe + 1) * b]
+        assert got[s][0].shape == (b, 8, 8, 1)
         np.testing.assert_array_equal(got[s][0], digits.normalize(x_train[idx]))
         np.testing.assert_array_equal(got[s][1], y_train[idx])
         assert got[s][0].dtype == np.float32 and got[s][1].dtype == np.int32

@@ -568,14 +568,18 @@ class _Locate:
     def __init__(self, *, n: int, batch: int, local: int, process: int, steps: int, seed: int):
         self.n, self.batch, self.local, self.process = n, batch, local, process
         self.steps, self.seed = steps, seed
-        self._orders: dict[int, np.ndarray] = {}
+        self.__setstate__(self.__dict__)
 
     def order(self, epoch: int) -> np.ndarray:
-        if epoch not in self._orders:
-            if len(self._orders) >= 2:  # an epoch boundary moves forward; keep two
-                self._orders.pop(min(self._orders))
-            self._orders[epoch] = np.random.default_rng((self.seed, epoch)).permutation(self.n)
-        return self._orders[epoch]
+        # Reader threads may ask for neighbouring epochs at once; keep a few, under a lock.
+        with self._lock:
+            order = self._orders.get(epoch)
+            if order is None:
+                order = np.random.default_rng((self.seed, epoch)).permutation(self.n)
+                if len(self._orders) >= 4:
+                    del self._orders[min(self._orders)]
+                self._orders[epoch] = order
+        return order
 
     def __call__(self, j) -> dict[str, int]:
         step, i = divmod(int(j), self.local)
@@ -584,7 +588,12 @@ class _Locate:
         return {"index": int(self.order(epoch)[pos]), "epoch": epoch, "pos": pos}
 
     def __getstate__(self):  # workers draw their own permutations
-        return {**self.__dict__, "_orders": {}}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_orders", "_lock")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._orders: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
 
 
 class _Read:
