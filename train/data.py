@@ -20,25 +20,31 @@ names and the per-channel mean/std of the train split. Splits are drawn once, st
   ``meta.json``), read with ``grain.sources.ArrayRecordDataSource``; any of the above can be
   converted once and then read lazily by many processes.
 
-In-memory datasets are validated when loaded: labels are integers in ``[0, num_classes)``,
-``x`` and ``y`` have equal lengths, there are at least two classes, float images are
-finite; each failure is a ``ValueError`` naming the file and the offending values.
+Datasets are validated when loaded: labels are integers in ``[0, num_classes)``, ``x`` and
+``y`` have equal lengths, there are at least two classes, float images are finite; each
+failure is a ``ValueError`` naming the file and the offending values. ArrayRecord labels
+and record sizes are checked as each record is read.
 
-Corrupt images (``folder``): nothing is decoded at load time except the statistics sample,
-so a file that cannot be decoded raises a ``ValueError`` naming its path when it is first
-read (in the sample or in training). Training stops there: remove or fix the file, or
-convert the folder with ``python -m train.prepare``, which reads every image once and
-fails on the first bad one before any training starts.
+Corrupt images (``folder``): nothing is decoded at load time except the statistics
+sample, so a file that cannot be decoded raises a ``ValueError`` naming its path when it
+is first read (in the sample, in training or in evaluation). Training stops there: remove
+or fix the file, or convert the folder once with ``python -m train.prepare``, which reads
+every image and fails on the first bad one before any training starts.
 
 Training batches (:class:`TrainPipeline`) are a grain ``MapDataset``: element ``j`` of
 process ``p`` is located by arithmetic alone (step, epoch, global position, record index
 in that epoch's permutation drawn from ``(seed, epoch)``), read from the source, augmented
-with a generator seeded by ``(seed, epoch, global position)``, batched and normalised.
-Any step is reachable by slicing (no replay), several processes split each global batch
-into contiguous slices that together equal the one-process batch, and worker processes
-(``workers``, grain's ``mp_prefetch``) change nothing but speed. The iterator's state is
-the next step (``{"step": s, ...}``): it saves through grain's Orbax handler and restores
-into any iterator of the same pipeline, whatever its ``workers`` or process count.
+with a generator seeded by ``(seed, epoch, global position)`` (:class:`RandomShiftFlip`),
+batched, and normalised. Any step is reachable by slicing (no replay), and several
+processes split each global batch into contiguous slices that together equal the
+one-process batch. ``workers=0`` prepares ``prefetch`` batches ahead on reader threads in
+this process; ``workers=N`` runs N grain worker processes (``mp_prefetch``, spawned:
+batch ``i`` is made by worker ``i mod N``), which send uint8 batches that this process
+normalises; the batches are the same either way. The iterator's state is the next step
+(``{"step": s, ...}``, :class:`PipelineIterator`): it saves through grain's Orbax handler
+and restores into any iterator of the same pipeline, whatever its ``workers`` or process
+count. :func:`eval_batches` walks the test split in order, padded to whole batches with
+a mask.
 """
 
 from __future__ import annotations
