@@ -754,10 +754,7 @@ class TrainPipeline:
 
     def dataset(self, start_step: int = 0) -> grain.IterDataset:
         """The grain dataset of steps ``start_step..total_steps-1`` (a slice: no replay)."""
-        if not 0 <= start_step <= self.total_steps:
-            raise ValueError(
-                f"`start_step` (={start_step}) must be in [0, {self.total_steps}] (total_steps)"
-            )
+        self._check_step(start_step)
         ds = self._batches[start_step:]
         if self.workers == 0:
             return ds.map(self._normalize).to_iter_dataset(
@@ -777,8 +774,14 @@ class TrainPipeline:
         """Batches ``(x float32 (b, H, W, C) normalised, y int32 (b,))`` for steps
         ``start_step..total_steps-1``, ``b = local_batch_size``; a grain ``DatasetIterator``
         whose state is the next step (see :class:`PipelineIterator`)."""
-        self.dataset(start_step)  # validates start_step
+        self._check_step(start_step)
         return PipelineIterator(self, start_step)
+
+    def _check_step(self, start_step: int) -> None:
+        if not 0 <= start_step <= self.total_steps:
+            raise ValueError(
+                f"`start_step` (={start_step}) must be in [0, {self.total_steps}] (total_steps)"
+            )
 
 
 def _absl_flags_parsed() -> None:
