@@ -7,7 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
-from train.data import Loader, load_dataset
+from train.data import Augment, TrainPipeline, load_dataset
 from train.models import build_flax, load_all
 from train.step import make_train_step
 
@@ -17,7 +17,7 @@ MODELS = load_all()
 @pytest.fixture(scope="module")
 def batch():
     data = load_dataset("mnist5k")
-    x, y = Loader(data, 32, train=True, seed=0).batch(0, 0)
+    x, y = next(TrainPipeline(data, batch_size=32, seed=0, augment=Augment(), epochs=1).iterator())
     return data.info, jnp.asarray(x), jnp.asarray(y)
 
 

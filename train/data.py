@@ -50,10 +50,8 @@ a mask.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import pickle
-import queue
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -236,26 +234,9 @@ class Dataset:
         """uint8 ``(..., C)`` -> float32, standardised by the train split's statistics."""
         return _normalize(x, self.mean, self.std)
 
-    # Legacy whole-split arrays for `Loader`; removed when the loop switches.
-    @functools.cached_property
-    def _legacy(self) -> tuple[np.ndarray, ...]:
-        return (*_materialize(self.train), *_materialize(self.test))
-
-    x_train = property(lambda self: self._legacy[0])
-    y_train = property(lambda self: self._legacy[1])
-    x_test = property(lambda self: self._legacy[2])
-    y_test = property(lambda self: self._legacy[3])
-
 
 def _normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     return ((x.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
-
-
-def _materialize(source) -> tuple[np.ndarray, np.ndarray]:
-    if isinstance(source, ArraySource):
-        return source.x, source.y
-    recs = [source[i] for i in range(len(source))]
-    return np.stack([r["image"] for r in recs]), np.array([r["label"] for r in recs], np.int32)
 
 
 def _split_indices(y: np.ndarray, test_fraction: float, seed: int):
@@ -905,9 +886,9 @@ def eval_batches(
     return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)))
 
 
-# ----------------------------------------------------------------------------- legacy
-# Augment is TrainPipeline's `augment` argument (applied per record by RandomShiftFlip);
-# Loader is the legacy batch loader of the current loop, removed when the loop switches.
+# ----------------------------------------------------------------------------- augment
+# Augment is TrainPipeline's `augment` argument, applied per record by RandomShiftFlip;
+# its batch form is the definition the per-record draws are tested against.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -932,89 +913,3 @@ class Augment:
             flip = rng.random(x.shape[0]) < self.flip
             x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
         return x
-
-
-class Loader:
-    """Shuffled, augmented, normalised batches of one split.
-
-    Epoch ``e`` uses the permutation drawn from ``(seed, e)``, and batch ``s``
-    of that epoch its augmentation from ``(seed, e, s)``: any position can be
-    resumed exactly. The last incomplete batch of an epoch is dropped in
-    training (``drop_last``), so every step has the same shape (one compile).
-    """
-
-    def __init__(
-        self,
-        data: Dataset,
-        batch_size: int,
-        *,
-        train: bool,
-        seed: int = 0,
-        augment: Augment | None = None,
-        drop_last: bool | None = None,
-    ):
-        if batch_size < 1:
-            raise ValueError(f"`batch_size` (={batch_size}) must be positive")
-        self.data = data
-        self.x, self.y = (data.x_train, data.y_train) if train else (data.x_test, data.y_test)
-        if train and batch_size > len(self.y):
-            raise ValueError(
-                f"`batch_size` (={batch_size}) exceeds the {len(self.y)} training images"
-            )
-        self.batch_size = batch_size
-        self.train = train
-        self.seed = seed
-        self.augment = augment if train else None
-        self.drop_last = train if drop_last is None else drop_last
-
-    def steps_per_epoch(self) -> int:
-        n = len(self.y)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def batch(self, epoch: int, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """Batch ``step`` of ``epoch``: float32 images (B, H, W, C), int32 labels."""
-        order = (
-            np.random.default_rng((self.seed, epoch)).permutation(len(self.y))
-            if self.train
-            else np.arange(len(self.y))
-        )
-        idx = order[step * self.batch_size : (step + 1) * self.batch_size]
-        x = self.x[idx]
-        if self.augment is not None:
-            x = self.augment(x, np.random.default_rng((self.seed, epoch, step)))
-        return self.data.normalize(x), self.y[idx]
-
-    def epoch(self, epoch: int, start: int = 0, prefetch: int = 2) -> Iterator[tuple]:
-        """Batches ``start..`` of ``epoch``, prepared ``prefetch`` ahead on a thread."""
-        steps = range(start, self.steps_per_epoch())
-        if prefetch <= 0:
-            for s in steps:
-                yield self.batch(epoch, s)
-            return
-        q: queue.Queue = queue.Queue(maxsize=prefetch)
-        stop = threading.Event()
-
-        def work():
-            try:
-                for s in steps:
-                    if stop.is_set():
-                        return
-                    q.put(self.batch(epoch, s))
-            except BaseException as e:  # surface loader errors in the consumer
-                q.put(e)
-            q.put(None)
-
-        t = threading.Thread(target=work, daemon=True)
-        t.start()
-        try:
-            while (item := q.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
-            while t.is_alive():  # unblock a producer waiting on a full queue
-                try:
-                    q.get_nowait()
-                except queue.Empty:
-                    t.join(0.01)
