@@ -9,7 +9,9 @@ windows of ``--batches`` batches, for
    ``--image-size`` pixels square: decode + resize + augment per image) in-process and with
    ``--workers`` grain worker processes.
 
-Compare the figures with the training step's consumption (``python -m bench.train_loop``)::
+Beside each rate it prints what the ``vit_tiny`` training step consumes on batches of
+that shape (forward, backward and AdamW under ``jax.jit``, median of the same windows)
+and the ratio; the pipeline keeps the step fed when the ratio is well above 1::
 
     python -m bench.data_pipeline
     python -m bench.data_pipeline --folder-images 3000 --image-size 64 --workers 2
@@ -60,6 +62,44 @@ def images_per_sec(
     return statistics.median(rates)
 
 
+def step_images_per_sec(
+    data: Dataset, *, batch_size: int, batches: int, windows: int, warmup: int
+) -> float:
+    """Images/s the ``vit_tiny`` train step consumes on batches shaped like ``data``'s."""
+    import jax
+    from flax import nnx
+
+    from train.config import TrainConfig
+    from train.loop import _loss_fn
+    from train.models import build_flax, get_model
+    from train.optim import make_optimizer
+    from train.step import make_train_step
+
+    info = data.info
+    cfg = TrainConfig()
+    model = build_flax(get_model("vit_tiny"), info, rngs=nnx.Rngs(0))
+    model.train()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tx = make_optimizer(cfg, 10_000)
+    opt_state = tx.init(params)
+    step = make_train_step(graphdef, tx, _loss_fn(0.1, info.num_classes), skip_non_finite=True)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch_size, info.height, info.width, info.channels), np.float32)
+    y = rng.integers(0, info.num_classes, batch_size).astype(np.int32)
+    batch = (jax.device_put(x), jax.device_put(y))
+    for _ in range(warmup):
+        params, rest, opt_state, loss, _ = step(params, rest, opt_state, batch)
+    jax.block_until_ready(loss)
+    rates = []
+    for _ in range(windows):
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            params, rest, opt_state, loss, _ = step(params, rest, opt_state, batch)
+        jax.block_until_ready(loss)
+        rates.append(batches * batch_size / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
 def make_jpeg_folder(root: Path, *, images: int, size: int, classes: int = 10) -> Path:
     """``root/class_k/i.jpg``: smooth random colour fields (compress like photos, not noise)."""
     from PIL import Image
@@ -82,8 +122,9 @@ def run(
     image_size: int = 64,
     workers: int = 2,
     batch_size: int | None = None,
-) -> dict[str, float]:
-    """The benchmark's figures, ``{case: images/s}``."""
+    with_step: bool = True,
+) -> dict[str, tuple[float, float | None]]:
+    """The benchmark's figures, ``{case: (pipeline images/s, step images/s)}``."""
     from train.config import TrainConfig
     from train.models import get_model
 
@@ -92,13 +133,21 @@ def run(
     augment = Augment(cfg.augment_pad, cfg.augment_flip)
     kw = {"batch_size": batch, "augment": augment, "batches": batches, "windows": windows}
     kw["warmup"] = warmup
-    out = {f"mnist5k b={batch} workers=0": images_per_sec(load_dataset("mnist5k"), workers=0, **kw)}
+    step_kw = {"batch_size": batch, "batches": batches, "windows": windows, "warmup": warmup}
+    mnist = load_dataset("mnist5k")
+    out = {
+        f"mnist5k b={batch} workers=0": (
+            images_per_sec(mnist, workers=0, **kw),
+            step_images_per_sec(mnist, **step_kw) if with_step else None,
+        )
+    }
     with tempfile.TemporaryDirectory() as tmp:
         root = make_jpeg_folder(Path(tmp) / "jpegs", images=folder_images, size=image_size)
         data = load_dataset("folder", path=str(root), image_size=image_size)
         name = f"folder {folder_images} JPEG {image_size}px b={batch}"
+        consumed = step_images_per_sec(data, **step_kw) if with_step else None
         for w in sorted({0, workers}):
-            out[f"{name} workers={w}"] = images_per_sec(data, workers=w, **kw)
+            out[f"{name} workers={w}"] = (images_per_sec(data, workers=w, **kw), consumed)
     return out
 
 
@@ -113,6 +162,7 @@ def main(argv=None) -> int:
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="grain workers for the folder case")
     p.add_argument("--batch-size", type=int, help="default: vit_tiny's training batch size")
+    p.add_argument("--no-step", action="store_true", help="skip timing the training step")
     a = p.parse_args(argv)
     rates = run(
         batches=a.batches,
@@ -122,11 +172,13 @@ def main(argv=None) -> int:
         image_size=a.image_size,
         workers=a.workers,
         batch_size=a.batch_size,
+        with_step=not a.no_step,
     )
     width = max(map(len, rates))
-    print(f"{'pipeline':<{width}}  images/s")
-    for name, rate in rates.items():
-        print(f"{name:<{width}}  {rate:8.0f}")
+    print(f"{'pipeline':<{width}}  {'images/s':>9}  {'step img/s':>10}  {'ratio':>6}")
+    for name, (rate, step) in rates.items():
+        ratio = f"{rate / step:6.1f}" if step else "     -"
+        print(f"{name:<{width}}  {rate:9.0f}  {step or float('nan'):10.0f}  {ratio}")
     sys.stdout.flush()
     return 0
 
