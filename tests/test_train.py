@@ -185,10 +185,12 @@ print(json.dumps(out))
     assert [out[k]["devices"] for k in ("fsdp", "data", "one")] == [4, 4, 1]
     # Every large parameter and optimizer moment is split in two over `fsdp`.
     assert out["fractions"] and all(v == [0.5] for v in out["fractions"].values()), out
-    # float32; only the order of the batch reductions differs between layouts.
+    # float32; only the order of the batch reductions differs between layouts. atol is
+    # 1% of one AdamW step at lr 1e-3 (its normalised update magnifies the round-off of
+    # near-zero gradients).
     for name in ("fsdp", "data"):
         np.testing.assert_allclose(out[name]["eval_loss"], out["one"]["eval_loss"], rtol=1e-5)
-        _assert_same_weights(tmp_path / f"{name}.npz", tmp_path / "one.npz", rtol=1e-4, atol=1e-6)
+        _assert_same_weights(tmp_path / f"{name}.npz", tmp_path / "one.npz", rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -36,8 +36,10 @@ TINY = [
     "3",
     "--no-progress",
 ]
-# Weights after 6 AdamW steps: 1 vs 2 processes differ by float32 summation order.
-RTOL, ATOL = 1e-4, 1e-6
+# Weights after 6 AdamW steps: 1 vs 2 processes differ by float32 summation order;
+# atol is 1% of one AdamW step at lr 1e-3 (Adam's normalised update magnifies the
+# round-off of near-zero gradients).
+RTOL, ATOL = 1e-4, 1e-5
 
 
 def _free_port() -> int:

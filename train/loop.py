@@ -188,9 +188,13 @@ def build_run(cfg: TrainConfig, *, devices: int | None = None) -> Run:
     kwargs = model_kwargs(spec, info, cfg.model_overrides)
     dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else None
     # Only the structure is needed here; create_state builds the values.
-    abstract = nnx.eval_shape(
-        lambda: build_flax(spec, info, cfg.model_overrides, rngs=nnx.Rngs(0), dtype=dtype)
-    )
+    try:
+        abstract = nnx.eval_shape(
+            lambda: build_flax(spec, info, cfg.model_overrides, rngs=nnx.Rngs(0), dtype=dtype)
+        )
+    except (TypeError, ValueError) as e:
+        # A wrong --set value reaches the constructor's own argument checks.
+        raise ValueError(f"{spec.cls}({kwargs}): {e}") from e
     abstract.train()
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
     abstract.eval()
@@ -514,14 +518,18 @@ def train_and_evaluate(cfg: TrainConfig, *, devices: int | None = None) -> dict[
     history: list[dict] = []
     outcome = None
     if state.step >= last_step:
-        say(f"the run in {cfg.workdir} is complete at step {state.step}; nothing to train")
+        if state.step:
+            say(f"the run in {cfg.workdir} is complete at step {state.step}; nothing to train")
+        else:
+            say(f"nothing to train: --epochs {cfg.epochs}, --max-steps {cfg.max_steps}")
         outcome = "complete"
     try:
         with StopSignal() as stop:
             while state.step < last_step:
                 t0, step0 = time.perf_counter(), state.step
                 if train_epoch(run, state, it, stop, last_step) == "preempted":
-                    save_checkpoint(run, state, it)
+                    if run.ckpt.latest_step() != state.step:
+                        save_checkpoint(run, state, it)
                     run.ckpt.wait()
                     outcome = "preempted"
                     say(
