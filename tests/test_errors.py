@@ -50,3 +50,24 @@ def test_messages_name_value_and_expectation():
     # size ("an input of size 4x12").
     for bad in BAD:
         assert re.search(r"\(=|shape|must|size \d+x\d+", bad.match), bad
+
+
+def _message(cls, args, kwargs) -> str | None:
+    try:
+        cls(*args, **kwargs)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+@pytest.mark.parametrize(
+    "bad", [b for b in ARGS if b.torch], ids=[f"{b.cls}{b.args}" for b in ARGS if b.torch]
+)
+def test_twins_state_the_same_rule(bad):
+    # Each twin states its own argument rules (torch_ref imports no flaxattn); on every bad
+    # argument of the table they must agree word for word.
+    flax_msg = _message(
+        _resolve("flaxattn", bad.cls), bad.args, {**bad.kwargs, "rngs": nnx.Rngs(0)}
+    )
+    torch_msg = _message(_resolve("torch_ref", bad.cls), bad.args, bad.kwargs)
+    assert flax_msg is not None and flax_msg == torch_msg
