@@ -34,6 +34,7 @@ arrays are images, others are left as they are).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -47,7 +48,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from flaxattn.convert import from_torch, load_state_dict, map_to_torch
+from flaxattn.convert import (
+    from_torch,
+    load_state_dict,
+    map_to_torch,
+    to_torch_state_dict,
+    torch_layout,
+)
 
 TOLERANCES = {
     "float64": {"rtol": 1e-9, "atol": 1e-12},
@@ -319,7 +326,8 @@ def check_parity(
 ) -> ParityReport:
     """Compare ``flax_module`` with ``torch_module`` on outputs and gradients.
 
-    Neither argument is modified: both are copied (and cast to ``dtype``) first.
+    No side effects: neither module is modified (both are copied, and cast to ``dtype``,
+    first) and no global JAX setting changes.
 
     Args:
       torch_module: the reference PyTorch module.
@@ -329,7 +337,8 @@ def check_parity(
       inputs: arrays in the torch layout; or give ``input_shapes`` (standard
         normal inputs) or ``make_inputs(rng)``.
       layouts / out_layouts: per input/output ``'auto'``, ``'nchw'`` or ``'none'``.
-      dtype: ``'float64'`` (enables ``jax_enable_x64``) or ``'float32'``.
+      dtype: ``'float64'`` (runs under ``jax.enable_x64(True)``; the caller's
+        ``jax_enable_x64`` setting is the same afterwards) or ``'float32'``.
       mode: ``'eval'`` or ``'train'`` (BatchNorm batch statistics, buffers compared).
       steps: run, compare, take an SGD step of size ``lr`` on both, repeat.
       rtol, atol: override the defaults of :data:`TOLERANCES`.
@@ -346,16 +355,61 @@ def check_parity(
       jit: run the Flax side under ``jax.jit`` (what users run).
       seed: seeds the inputs and cotangents.
     """
-    import torch
-
     if dtype not in TOLERANCES:
         raise ValueError(f"`dtype` (={dtype!r}) must be one of {list(TOLERANCES)}")
     if mode not in ("eval", "train"):
         raise ValueError(f"`mode` (={mode!r}) must be 'eval' or 'train'")
     if steps < 1:
         raise ValueError(f"`steps` (={steps}) must be at least 1")
-    if dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
+    # float64 needs 64-bit JAX for this call only: the caller's setting is restored after.
+    with jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext():
+        return _check(
+            torch_module,
+            flax_module,
+            inputs,
+            input_shapes=input_shapes,
+            layouts=layouts,
+            out_layouts=out_layouts,
+            dtype=dtype,
+            mode=mode,
+            steps=steps,
+            lr=lr,
+            rtol=rtol,
+            atol=atol,
+            zero_grad_ok=zero_grad_ok,
+            make_inputs=make_inputs,
+            copy_weights=copy_weights,
+            perturb=perturb,
+            jit=jit,
+            seed=seed,
+            name=name,
+        )
+
+
+def _check(
+    torch_module,
+    flax_module,
+    inputs,
+    *,
+    input_shapes,
+    layouts,
+    out_layouts,
+    dtype,
+    mode,
+    steps,
+    lr,
+    rtol,
+    atol,
+    zero_grad_ok,
+    make_inputs,
+    copy_weights,
+    perturb,
+    jit,
+    seed,
+    name,
+) -> ParityReport:
+    import torch
+
     np_dtype = np.dtype(dtype)
     tol = dict(TOLERANCES[dtype])
     tol.update({k: v for k, v in (("rtol", rtol), ("atol", atol)) if v is not None})
@@ -382,6 +436,9 @@ def check_parity(
         fm = nnx.clone(flax_module)
         if copy_weights:
             load_state_dict(fm, tm.state_dict())
+        elif torch_layout(flax_module) != "canonical":
+            # The clone starts canonical; name the gradients in the module's layout.
+            load_state_dict(fm, to_torch_state_dict(flax_module), layout=torch_layout(flax_module))
     if mode == "train":
         fm.train()
     else:
