@@ -500,7 +500,17 @@ class MultiDilateLocalAttention(nnx.Module):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.qkv = Conv2d(dim, dim * 3, 1, bias=qkv_bias, **kw)
         self.dilate_attention = nnx.List(
-            [DilateAttention(head_dim, qk_scale, attn_drop, kernel_size, d, **kw) for d in dilation]
+            [
+                DilateAttention(
+                    head_dim=head_dim,
+                    qk_scale=qk_scale,
+                    attn_drop=attn_drop,
+                    kernel_size=kernel_size,
+                    dilation=d,
+                    **kw,
+                )
+                for d in dilation
+            ]
         )
         self.proj = Linear(dim, dim, **kw)
         self.proj_drop = Dropout(proj_drop, rngs=rngs)
@@ -539,11 +549,13 @@ class _Block(nnx.Module):
 
     attn: nnx.Module
 
-    def _init_common(self, dim, mlp_ratio, drop, drop_path, act_layer, norm_layer, cpe, attn, kw):
+    def _init_common(
+        self, *, dim, mlp_ratio, drop, drop_path, act_layer, norm_layer, cpe_per_block, attn, kw
+    ):
         check_positive(dim=dim, mlp_ratio=mlp_ratio)
         self.dim = dim
-        self.cpe_per_block = cpe
-        self.pos_embed = DepthwiseConv2d(dim, 3, **kw) if cpe else nnx.data(None)
+        self.cpe_per_block = cpe_per_block
+        self.pos_embed = DepthwiseConv2d(dim, 3, **kw) if cpe_per_block else nnx.data(None)
         self.norm1 = norm_layer(dim, **kw)
         self.attn = attn()
         self.drop_path = DropPath(drop_path, rngs=kw["rngs"])
@@ -617,7 +629,15 @@ class DilateBlock(_Block):
             )
 
         self._init_common(
-            dim, mlp_ratio, drop, drop_path, act_layer, norm_layer, cpe_per_block, attn, kw
+            dim=dim,
+            mlp_ratio=mlp_ratio,
+            drop=drop,
+            drop_path=drop_path,
+            act_layer=act_layer,
+            norm_layer=norm_layer,
+            cpe_per_block=cpe_per_block,
+            attn=attn,
+            kw=kw,
         )
 
 
@@ -701,9 +721,22 @@ class GlobalBlock(_Block):
 
         def attn():
             return GlobalAttention(
-                dim, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale, attn_drop=attn_drop, **kw
+                dim,
+                num_heads=num_heads,
+                qkv_bias=qkv_bias,
+                qk_scale=qk_scale,
+                attn_drop=attn_drop,
+                **kw,
             )
 
         self._init_common(
-            dim, mlp_ratio, drop, drop_path, act_layer, norm_layer, cpe_per_block, attn, kw
+            dim=dim,
+            mlp_ratio=mlp_ratio,
+            drop=drop,
+            drop_path=drop_path,
+            act_layer=act_layer,
+            norm_layer=norm_layer,
+            cpe_per_block=cpe_per_block,
+            attn=attn,
+            kw=kw,
         )
