@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torch_ref._checks import check_choice, check_divisible, check_positive
 from torch_ref._twin import Twin
-from torch_ref.checks import check_choice, check_divisible, check_positive
 
 
 def rel_to_abs(x: torch.Tensor) -> torch.Tensor:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from torch_ref._checks import check_choice, check_divisible, check_positive
 from torch_ref._twin import Twin
-from torch_ref.checks import check_choice, check_divisible, check_positive
 
 
 def position(h: int, w: int, dtype: torch.dtype, device=None) -> torch.Tensor:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from torch_ref._checks import check_positive
 from torch_ref._twin import Twin
-from torch_ref.checks import check_positive
 
 
 class AttentionGate(Twin):

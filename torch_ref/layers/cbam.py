@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torch_ref._checks import check_choice, check_positive
 from torch_ref._twin import Twin
-from torch_ref.checks import check_choice, check_positive
 
 
 def _check_ratio(channel: int, ratio: int, ratio_name: str) -> None:

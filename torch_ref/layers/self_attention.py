@@ -7,8 +7,8 @@ import math
 import torch
 from torch import nn
 
+from torch_ref._checks import check_positive
 from torch_ref._twin import Twin
-from torch_ref.checks import check_positive
 
 
 class SelfAttention(Twin):

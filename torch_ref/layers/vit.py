@@ -18,8 +18,8 @@ from einops import rearrange, repeat
 from einops.layers.torch import Rearrange
 from torch import nn
 
+from torch_ref._checks import check_choice, check_positive
 from torch_ref._twin import Twin
-from torch_ref.checks import check_choice, check_positive
 
 
 def pair(t) -> tuple[int, int]:

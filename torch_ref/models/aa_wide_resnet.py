@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torch_ref._checks import check_choice, check_positive
 from torch_ref._twin import Twin
-from torch_ref.checks import check_choice, check_positive
 from torch_ref.layers.aa_conv import AugmentedConv, map_shape
 
 
