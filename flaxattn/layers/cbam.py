@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from flaxattn.layers.basic import BatchNorm2d, Conv2d, Dtype, Linear
 from flaxattn.ops.checks import check_choice, check_input, check_positive
-from flaxattn.ops.nn import BatchNorm2d, Conv2d, Dtype, Linear
 from flaxattn.ops.reduce import max_reduce
 
 

@@ -31,9 +31,8 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn.dtypes import promote_dtype
 
+from flaxattn.layers.basic import Dropout, Dtype, LayerNorm, Linear, gelu
 from flaxattn.ops.checks import check_choice, check_input, check_positive
-from flaxattn.ops.dropout import Dropout
-from flaxattn.ops.nn import Dtype, LayerNorm, Linear, gelu
 
 
 def pair(t: int | Sequence[int]) -> tuple[int, int]:

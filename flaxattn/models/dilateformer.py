@@ -37,25 +37,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from flaxattn.layers.dilate import (
-    DepthwiseConv2d,
-    DilateBlock,
-    GlobalBlock,
-    check_dilation,
-    check_heads,
-    check_kernel_size,
-)
+from flaxattn.layers.basic import BatchNorm2d, Conv2d, Dtype, LayerNorm, Linear, gelu
+from flaxattn.layers.dilate import DepthwiseConv2d, DilateBlock, GlobalBlock
 from flaxattn.ops.checks import check_choice, check_input, check_positive
-from flaxattn.ops.nn import (
-    BatchNorm2d,
-    Conv2d,
-    Dtype,
-    LayerNorm,
-    Linear,
-    constant_init,
-    gelu,
-    trunc_normal_init,
-)
+from flaxattn.ops.dilated import check_dilation, check_heads, check_kernel_size
+from flaxattn.ops.init import constant_init, trunc_normal_init
 
 PATCH_WAYS = ("overlaping", "nonoverlaping", "pointconv")
 MERGING_WAYS = ("conv3_2", "conv2_2", "avgpool3_2", "avgpool2_2")

@@ -30,7 +30,7 @@ from torch import nn
 
 from torch_ref._checks import check_choice, check_positive
 from torch_ref._twin import Twin
-from torch_ref.ops.reversible import ReversibleSequence
+from torch_ref.layers.reversible import ReversibleSequence
 
 REVERSIBLE_CHOICES = (True, False, "coupling")
 
