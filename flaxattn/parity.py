@@ -38,7 +38,6 @@ import contextlib
 import copy
 import dataclasses
 import functools
-import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -55,6 +54,7 @@ from flaxattn.convert import (
     to_torch_state_dict,
     torch_layout,
 )
+from flaxattn.registry import resolve
 
 TOLERANCES = {
     "float64": {"rtol": 1e-9, "atol": 1e-12},
@@ -605,14 +605,8 @@ def compare_results(
 
 
 def _resolve(spec: str):
-    """``pkg.mod:Class`` or ``pkg.Class`` -> the class."""
-    if ":" in spec:
-        mod, _, name = spec.partition(":")
-    else:
-        mod, _, name = spec.rpartition(".")
-    if not mod:
-        raise ValueError(f"`module` (={spec!r}) must be 'package.module:Class' or 'package.Class'")
-    return getattr(importlib.import_module(mod), name)
+    """``pkg.mod:Class`` or ``pkg.Class`` -> the class (:func:`flaxattn.registry.resolve`)."""
+    return resolve(spec)
 
 
 def _shape(text: str) -> tuple[int, ...]:
