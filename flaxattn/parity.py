@@ -34,7 +34,6 @@ arrays are images, others are left as they are).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
 import functools
@@ -302,6 +301,21 @@ def _sgd_step(torch_module, flax_module: nnx.Module, t: dict, f: dict, lr: float
 # --- the check -----------------------------------------------------------------------------
 
 
+def _x64_when_float64(fn: Callable) -> Callable:
+    """Run ``fn`` under ``jax.enable_x64(True)`` when called with ``dtype='float64'``: a
+    scoped setting, so the caller's ``jax_enable_x64`` is the same afterwards."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if kwargs.get("dtype", "float64") != "float64":
+            return fn(*args, **kwargs)
+        with jax.enable_x64(True):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_x64_when_float64
 def check_parity(
     torch_module,
     flax_module: nnx.Module | None = None,
@@ -361,53 +375,6 @@ def check_parity(
         raise ValueError(f"`mode` (={mode!r}) must be 'eval' or 'train'")
     if steps < 1:
         raise ValueError(f"`steps` (={steps}) must be at least 1")
-    # float64 needs 64-bit JAX for this call only: the caller's setting is restored after.
-    with jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext():
-        return _check(
-            torch_module,
-            flax_module,
-            inputs,
-            input_shapes=input_shapes,
-            layouts=layouts,
-            out_layouts=out_layouts,
-            dtype=dtype,
-            mode=mode,
-            steps=steps,
-            lr=lr,
-            rtol=rtol,
-            atol=atol,
-            zero_grad_ok=zero_grad_ok,
-            make_inputs=make_inputs,
-            copy_weights=copy_weights,
-            perturb=perturb,
-            jit=jit,
-            seed=seed,
-            name=name,
-        )
-
-
-def _check(
-    torch_module,
-    flax_module,
-    inputs,
-    *,
-    input_shapes,
-    layouts,
-    out_layouts,
-    dtype,
-    mode,
-    steps,
-    lr,
-    rtol,
-    atol,
-    zero_grad_ok,
-    make_inputs,
-    copy_weights,
-    perturb,
-    jit,
-    seed,
-    name,
-) -> ParityReport:
     import torch
 
     np_dtype = np.dtype(dtype)
