@@ -43,8 +43,11 @@ def _dropping(dropout: nnx.Dropout) -> bool:
 
 class DepthwiseConv2d(Conv2d):
     """``Conv2d(C, C, k, padding=k // 2, groups=C)`` (parameters and conversion as
-    Conv2d's), computed as a sum of shifted maps with a hand-written backward: XLA:CPU's
-    depthwise convolution is slow, its backward more so (2-3x here at 56x56x72)."""
+    Conv2d's), computed by :func:`flaxattn.ops.depthwise.depthwise_conv2d` (a sum of
+    shifted maps with a hand-written backward; XLA:CPU's depthwise convolution is slow).
+
+    Shapes: ``(B, H, W, C) -> (B, H, W, C)``.
+    """
 
     def __init__(self, channels: int, kernel_size: int = 3, **kw):
         super().__init__(

@@ -14,10 +14,9 @@ nothing ``k * k`` times the size of the map is ever materialised. The backward i
 written by hand (``jax.custom_vjp``) in the same form: the key and value gradients
 *gather* from the queries that saw each key (``dk[m] = sum_j dlogit_j[m - o_j] q[m - o_j]``)
 instead of scattering one padded map per offset, as autodiff of the slices would;
-a loop over the kernel rows keeps one accumulator alive per gradient. On XLA:CPU,
-at DilateFormer-Tiny's stage-1 size, a train step of MSDA so needs about 40% of
-the temp memory of an unfold version (and 55% of autodiff through the slices).
-Memory figures: ``bench/NOTES.md``.
+a loop over the kernel rows keeps one accumulator alive per gradient, so a train
+step needs less temp memory than an unfold version or autodiff through the slices
+(figures and the command that measures them: ``bench/NOTES.md``).
 """
 
 from __future__ import annotations

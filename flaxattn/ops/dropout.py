@@ -1,10 +1,9 @@
-"""Dropout whose masks are cheap to draw on every backend.
+"""Dropout masks that are cheap to draw on every backend (used by
+:class:`flaxattn.layers.basic.Dropout`).
 
 ``nnx.Dropout`` draws its mask with ``jax.random.bernoulli``: threefry, which
-XLA:CPU runs as a loop of small kernels. In ``vit_tiny``'s train step (17
-dropout layers, 1.5M mask entries) that was half of the step: 42 ms with
-``nnx.Dropout`` against 21 ms with the masks below, 19-23 ms with no dropout at
-all (``bench/`` and the note of the change that added this file).
+XLA:CPU runs as a loop of small kernels; in a ViT train step with dropout that
+loop can take as long as the rest of the step (figures: ``bench/NOTES.md``).
 
 Here the key of each call still comes from the module's ``nnx.Rngs`` stream
 (``fold_in`` per call, as ``nnx.Dropout`` does), and only the per-element bits

@@ -60,9 +60,8 @@ def _after(values, deps):
     Without it, XLA schedules everything derived from parameters alone (bias
     and scale broadcasts to activation shape, transposed conv kernels) of all
     blocks at the start of the backward pass, or merges it (CSE) with the same
-    values of the forward pass, and keeps it alive throughout: measured on
-    XLA:CPU, temp memory then grew by ~34 MB per layer (AxialImageTransformer,
-    dim 64, 8x32x32). ``optimization_barrier`` does not help there: XLA:CPU
+    values of the forward pass, and keeps it alive throughout: temp memory then
+    grows with depth (``bench/NOTES.md``). ``optimization_barrier`` does not help there: XLA:CPU
     removes barriers before scheduling. ``x + 0 * d`` is not folded for floats
     (NaN semantics), costs one parameter-sized add, and leaves finite values
     unchanged (a non-finite ``deps`` element would make the gradients NaN,

@@ -136,7 +136,7 @@ class MultiDilateLocalAttention(Twin):
     Deviation from upstream: upstream writes each group's output into a view of
     its input (``x[i] = ...``), which overwrites the caller's tensor and makes
     backward fail (an in-place change of a tensor saved for backward, or of a view
-    of a leaf); the blog listing's ``.detach()`` hides the error by cutting the
+    of a leaf); adding ``.detach()`` there, as some copies do, hides the error by cutting the
     gradients of ``qkv`` and of everything before it (``norm1``). Here the group
     outputs are stacked: the same forward, the input untouched, every gradient intact.
     """
