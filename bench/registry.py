@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from flaxattn.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,19 +35,14 @@ class BenchCase:
     compile: bool = True
 
 
-CASES: dict[str, BenchCase] = {}
+CASES: Registry[BenchCase] = Registry("bench case", "bench.cases")
 
 
 def register(*cases: BenchCase) -> None:
     for case in cases:
-        if case.name in CASES:
-            raise ValueError(f"bench case {case.name!r} is registered twice")
-        CASES[case.name] = case
+        CASES.add(case.name, case)
 
 
 def load_all() -> dict[str, BenchCase]:
-    from bench import cases
-
-    for info in pkgutil.iter_modules(cases.__path__):
-        importlib.import_module(f"bench.cases.{info.name}")
-    return CASES
+    """Import every module of ``bench.cases`` (each registers its family)."""
+    return CASES.load_all()

@@ -6,7 +6,7 @@ Importing flaxattn never imports torch. Modules are channels-last (images
 """
 
 from flaxattn.layers.aa_conv import AugmentedConv
-from flaxattn.layers.acmix import ACmix, local_attention
+from flaxattn.layers.acmix import ACmix
 from flaxattn.layers.attention_gate import AttentionGate
 from flaxattn.layers.axial import (
     AxialAttention,
@@ -18,6 +18,7 @@ from flaxattn.layers.axial import PermuteToFrom as AxialPermuteToFrom
 from flaxattn.layers.axial import PreNorm as AxialPreNorm
 from flaxattn.layers.axial import SelfAttention as AxialSelfAttention
 from flaxattn.layers.axial import Sequential as AxialSequential
+from flaxattn.layers.basic import BatchNorm, Conv2d, Dropout, DropPath, LayerNorm, Linear
 from flaxattn.layers.cbam import (
     CBAM,
     ChannelAttention,
@@ -30,6 +31,7 @@ from flaxattn.layers.cbam import (
 from flaxattn.layers.dilate import DilateAttention, DilateBlock, MultiDilateLocalAttention
 from flaxattn.layers.dilate import GlobalBlock as DilateGlobalBlock
 from flaxattn.layers.dilate import Mlp as DilateMlp
+from flaxattn.layers.reversible import ReversibleBlock, ReversibleSequence
 from flaxattn.layers.se import SELayer
 from flaxattn.layers.self_attention import SelfAttention
 from flaxattn.layers.vit import Attention, FeedForward, PreNorm, Transformer, ViT
@@ -51,9 +53,7 @@ from flaxattn.models.dilateformer import (
 )
 from flaxattn.models.dilateformer import PatchEmbed as DilatePatchEmbed
 from flaxattn.models.dilateformer import PatchMerging as DilatePatchMerging
-from flaxattn.ops.dropout import Dropout
-from flaxattn.ops.nn import BatchNorm, Conv2d, DropPath, LayerNorm, Linear
-from flaxattn.ops.reversible import ReversibleBlock, ReversibleSequence
+from flaxattn.ops.local import local_attention
 
 __version__ = "0.1.0"
 

@@ -37,7 +37,6 @@ import argparse
 import copy
 import dataclasses
 import functools
-import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -47,7 +46,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from flaxattn.convert import from_torch, load_state_dict, map_to_torch
+from flaxattn.convert import (
+    from_torch,
+    load_state_dict,
+    map_to_torch,
+    to_torch_state_dict,
+    torch_layout,
+)
+from flaxattn.registry import resolve
 
 TOLERANCES = {
     "float64": {"rtol": 1e-9, "atol": 1e-12},
@@ -295,6 +301,21 @@ def _sgd_step(torch_module, flax_module: nnx.Module, t: dict, f: dict, lr: float
 # --- the check -----------------------------------------------------------------------------
 
 
+def _x64_when_float64(fn: Callable) -> Callable:
+    """Run ``fn`` under ``jax.enable_x64(True)`` when called with ``dtype='float64'``: a
+    scoped setting, so the caller's ``jax_enable_x64`` is the same afterwards."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if kwargs.get("dtype", "float64") != "float64":
+            return fn(*args, **kwargs)
+        with jax.enable_x64(True):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_x64_when_float64
 def check_parity(
     torch_module,
     flax_module: nnx.Module | None = None,
@@ -319,7 +340,8 @@ def check_parity(
 ) -> ParityReport:
     """Compare ``flax_module`` with ``torch_module`` on outputs and gradients.
 
-    Neither argument is modified: both are copied (and cast to ``dtype``) first.
+    No side effects: neither module is modified (both are copied, and cast to ``dtype``,
+    first) and no global JAX setting changes.
 
     Args:
       torch_module: the reference PyTorch module.
@@ -329,7 +351,8 @@ def check_parity(
       inputs: arrays in the torch layout; or give ``input_shapes`` (standard
         normal inputs) or ``make_inputs(rng)``.
       layouts / out_layouts: per input/output ``'auto'``, ``'nchw'`` or ``'none'``.
-      dtype: ``'float64'`` (enables ``jax_enable_x64``) or ``'float32'``.
+      dtype: ``'float64'`` (runs under ``jax.enable_x64(True)``; the caller's
+        ``jax_enable_x64`` setting is the same afterwards) or ``'float32'``.
       mode: ``'eval'`` or ``'train'`` (BatchNorm batch statistics, buffers compared).
       steps: run, compare, take an SGD step of size ``lr`` on both, repeat.
       rtol, atol: override the defaults of :data:`TOLERANCES`.
@@ -346,16 +369,14 @@ def check_parity(
       jit: run the Flax side under ``jax.jit`` (what users run).
       seed: seeds the inputs and cotangents.
     """
-    import torch
-
     if dtype not in TOLERANCES:
         raise ValueError(f"`dtype` (={dtype!r}) must be one of {list(TOLERANCES)}")
     if mode not in ("eval", "train"):
         raise ValueError(f"`mode` (={mode!r}) must be 'eval' or 'train'")
     if steps < 1:
         raise ValueError(f"`steps` (={steps}) must be at least 1")
-    if dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
+    import torch
+
     np_dtype = np.dtype(dtype)
     tol = dict(TOLERANCES[dtype])
     tol.update({k: v for k, v in (("rtol", rtol), ("atol", atol)) if v is not None})
@@ -382,6 +403,9 @@ def check_parity(
         fm = nnx.clone(flax_module)
         if copy_weights:
             load_state_dict(fm, tm.state_dict())
+        elif torch_layout(flax_module) != "canonical":
+            # The clone starts canonical; name the gradients in the module's layout.
+            load_state_dict(fm, to_torch_state_dict(flax_module), layout=torch_layout(flax_module))
     if mode == "train":
         fm.train()
     else:
@@ -548,14 +572,8 @@ def compare_results(
 
 
 def _resolve(spec: str):
-    """``pkg.mod:Class`` or ``pkg.Class`` -> the class."""
-    if ":" in spec:
-        mod, _, name = spec.partition(":")
-    else:
-        mod, _, name = spec.rpartition(".")
-    if not mod:
-        raise ValueError(f"`module` (={spec!r}) must be 'package.module:Class' or 'package.Class'")
-    return getattr(importlib.import_module(mod), name)
+    """``pkg.mod:Class`` or ``pkg.Class`` -> the class (:func:`flaxattn.registry.resolve`)."""
+    return resolve(spec)
 
 
 def _shape(text: str) -> tuple[int, ...]:

@@ -10,10 +10,10 @@ several SGD steps. Families add cases in ``parity_tests/cases/<family>.py``.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from flaxattn.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,8 +95,8 @@ class BadCall:
     match: str
 
 
-CASES: dict[str, Case] = {}
-GOLDEN: dict[str, GoldenCase] = {}
+CASES: Registry[Case] = Registry("parity case", "parity_tests.cases")
+GOLDEN: Registry[GoldenCase] = Registry("parity case")
 BAD: list[BadArgs | BadCall] = []
 
 
@@ -104,17 +104,12 @@ def register(*cases: Case | GoldenCase | BadArgs | BadCall) -> None:
     for case in cases:
         if isinstance(case, (BadArgs, BadCall)):
             BAD.append(case)
-            continue
-        table, key = (GOLDEN, case.file) if isinstance(case, GoldenCase) else (CASES, case.name)
-        if key in table:
-            raise ValueError(f"parity case {key!r} is registered twice")
-        table[key] = case
+        elif isinstance(case, GoldenCase):
+            GOLDEN.add(case.file, case)
+        else:
+            CASES.add(case.name, case)
 
 
 def load_all() -> dict[str, Case]:
     """Import every module of ``parity_tests.cases`` (each registers its family)."""
-    from parity_tests import cases
-
-    for info in pkgutil.iter_modules(cases.__path__):
-        importlib.import_module(f"parity_tests.cases.{info.name}")
-    return CASES
+    return CASES.load_all()

@@ -13,7 +13,7 @@ from jax.ad_checkpoint import print_saved_residuals
 import flaxattn
 import torch_ref
 from flaxattn.convert import from_torch, load_state_dict, to_torch_state_dict
-from flaxattn.ops.reversible import ReversibleSequence
+from flaxattn.layers.reversible import ReversibleSequence
 from train.step import make_train_step
 
 

@@ -25,3 +25,33 @@ def test_flax_preset_has_the_twins_parameter_count():
     abstract = nnx.eval_shape(lambda: flaxattn.dilateformer_tiny(rngs=nnx.Rngs(0)))
     leaves = jax.tree.leaves(nnx.state(abstract, nnx.Param))
     assert sum(int(np.prod(p.shape)) for p in leaves) == count
+
+
+_BUILT = {"DilateBlock", "GlobalBlock", "DilateStage", "GlobalStage", "PatchMerging"}
+_BUILT |= {"DilateAttention", "MultiDilateLocalAttention", "GlobalAttention", "_init_common"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "flaxattn/layers/dilate.py",
+        "flaxattn/models/dilateformer.py",
+        "torch_ref/layers/dilate.py",
+        "torch_ref/models/dilateformer.py",
+    ],
+)
+def test_blocks_and_stages_built_with_keywords(path):
+    # Issue 14: a block or stage built from 9-13 positional arguments swaps two of them
+    # silently when a signature is reordered; inside the library they pass keywords.
+    import ast
+    import pathlib
+
+    tree = ast.parse((pathlib.Path(__file__).parents[1] / path).read_text())
+    calls = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "id", getattr(node.func, "attr", None)) in _BUILT
+    ]
+    assert calls
+    assert [ast.unparse(c)[:60] for c in calls if len(c.args) > 1] == []

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from flaxattn.ops.dropout import Dropout, keep_mask, random_bits
+from flaxattn.layers.basic import Dropout
+from flaxattn.ops.dropout import keep_mask, random_bits
 
 N = 1 << 20
 

@@ -1,21 +1,15 @@
 """Bad input gets a ValueError naming the argument, its value and what was expected."""
 
-import importlib
 import re
 
 import jax.numpy as jnp
 import pytest
 from flax import nnx
 
+from flaxattn.registry import resolve
 from parity_tests.registry import BAD, BadArgs, BadCall, load_all
 
 load_all()
-
-
-def _resolve(root: str, path: str):
-    *mods, name = path.split(".")
-    module = importlib.import_module(".".join([root, *mods]))
-    return getattr(module, name)
 
 
 ARGS = [b for b in BAD if isinstance(b, BadArgs)]
@@ -24,7 +18,7 @@ CALLS = [b for b in BAD if isinstance(b, BadCall)]
 
 @pytest.mark.parametrize("bad", ARGS, ids=[f"{b.cls}{b.args}{b.kwargs or ''}" for b in ARGS])
 def test_flax_constructor_refuses(bad):
-    cls = _resolve("flaxattn", bad.cls)
+    cls = resolve(bad.cls, "flaxattn")
     with pytest.raises(ValueError, match=bad.match):
         cls(*bad.args, **bad.kwargs, rngs=nnx.Rngs(0))
 
@@ -33,7 +27,7 @@ def test_flax_constructor_refuses(bad):
     "bad", [b for b in ARGS if b.torch], ids=[f"{b.cls}{b.args}" for b in ARGS if b.torch]
 )
 def test_torch_twin_refuses(bad):
-    cls = _resolve("torch_ref", bad.cls)
+    cls = resolve(bad.cls, "torch_ref")
     with pytest.raises(ValueError, match=bad.match):
         cls(*bad.args, **bad.kwargs)
 
@@ -50,3 +44,22 @@ def test_messages_name_value_and_expectation():
     # size ("an input of size 4x12").
     for bad in BAD:
         assert re.search(r"\(=|shape|must|size \d+x\d+", bad.match), bad
+
+
+def _message(cls, args, kwargs) -> str | None:
+    try:
+        cls(*args, **kwargs)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+@pytest.mark.parametrize(
+    "bad", [b for b in ARGS if b.torch], ids=[f"{b.cls}{b.args}" for b in ARGS if b.torch]
+)
+def test_twins_state_the_same_rule(bad):
+    # Each twin states its own argument rules (torch_ref imports no flaxattn); on every bad
+    # argument of the table they must agree word for word.
+    flax_msg = _message(resolve(bad.cls, "flaxattn"), bad.args, {**bad.kwargs, "rngs": nnx.Rngs(0)})
+    torch_msg = _message(resolve(bad.cls, "torch_ref"), bad.args, bad.kwargs)
+    assert flax_msg is not None and flax_msg == torch_msg

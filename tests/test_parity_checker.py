@@ -5,6 +5,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 import torch
 from flax import nnx
@@ -112,3 +113,58 @@ def test_cli_prints_table_and_exit_code():
         cmd + ["--rtol", "0", "--atol", "0"], capture_output=True, text=True, timeout=300
     )
     assert strict.returncode == 1 and strict.stdout.strip().endswith("FAIL")
+
+
+def _torch_state(module) -> tuple:
+    return module.training, {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _flax_state(module) -> dict:
+    return {
+        path: (type(v).__name__, np.asarray(v[...]))
+        for path, v in nnx.to_flat_state(nnx.state(module))
+    }
+
+
+@pytest.mark.parametrize(
+    "x64, dtype, give_flax",
+    # (A float64 Flax module can only be built with x64 on: from_torch builds it otherwise.)
+    [(False, "float64", False), (False, "float32", True), (True, "float64", True)]
+    + [(True, "float32", True)],
+)
+def test_no_side_effects(x64, dtype, give_flax):
+    # The caller's (global) jax_enable_x64 is the same afterwards, and neither module
+    # changes: not the torch weights, buffers or train flag, not the Flax state or its mode.
+    torch.manual_seed(0)
+    tm = torch_ref.AttentionGate(6, 5, 3).eval()
+    suite_x64 = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", x64)
+    try:
+        fm = flaxattn.AttentionGate(6, 5, 3, param_dtype=jnp.dtype(dtype), rngs=nnx.Rngs(0))
+        fm.eval()
+        before = _torch_state(tm), _flax_state(fm), fm.W_g.layers[1].use_running_average
+        report = check_parity(
+            tm,
+            fm if give_flax else None,
+            input_shapes=[(2, 6, 4, 5), (2, 5, 4, 5)],
+            dtype=dtype,
+            mode="train",
+            steps=2,
+            perturb=0.1,
+            # conv biases before train-mode BatchNorm: round-off in float32
+            zero_grad_ok=("W_g.0.bias", "W_x.0.bias", "psi.0.bias"),
+        )
+        assert jax.config.jax_enable_x64 is x64
+    finally:
+        jax.config.update("jax_enable_x64", suite_x64)
+    report.assert_ok()
+    assert not hasattr(fm, "torch_layout")
+    (training, sd), flax_state, running = before
+    assert tm.training == training and fm.W_g.layers[1].use_running_average == running
+    assert sd.keys() == tm.state_dict().keys()
+    assert all(torch.equal(sd[k], v) for k, v in tm.state_dict().items())
+    after = _flax_state(fm)
+    assert after.keys() == flax_state.keys()
+    assert all(
+        after[p][0] == t and np.array_equal(after[p][1], a) for p, (t, a) in flax_state.items()
+    )

@@ -20,7 +20,13 @@ from flax import nnx
 
 import flaxattn
 import torch_ref
-from flaxattn.convert import ConversionError, from_torch, load_state_dict, to_torch_state_dict
+from flaxattn.convert import (
+    ConversionError,
+    from_torch,
+    load_state_dict,
+    to_torch_state_dict,
+    torch_layout,
+)
 from flaxattn.parity import check_parity
 from parity_tests.upstream import ensure_torchvision, vit_pytorch
 
@@ -116,8 +122,11 @@ def test_each_release_layout_loads_computes_and_exports_back(release, pool):
     sd = upstream_state_dict(twin, release)
     fm = flaxattn.ViT(**CFG, pool=pool, **kwargs, rngs=nnx.Rngs(1))
     fm.eval()
+    graph = nnx.graphdef(fm)
     load_state_dict(fm, sd)
-    assert fm.torch_layout == name
+    assert torch_layout(fm) == name
+    # The layout is remembered outside the module (issue 14): its graph is unchanged.
+    assert nnx.graphdef(fm) == graph and not hasattr(fm, "torch_layout")
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 12)).astype(np.float32)
     with torch.no_grad():
         ref = twin(torch.from_numpy(x)).numpy()
@@ -135,7 +144,7 @@ def test_no_head_layout_of_1_17():
     assert not any(k.startswith("mlp_head") for k in sd) and sd["cls_token"].shape == (0, 8)
     fm = flaxattn.ViT(**{**CFG, "num_classes": 0}, pool="mean", **kwargs, rngs=nnx.Rngs(0))
     load_state_dict(fm, sd)
-    assert fm.torch_layout == "vit-pytorch 1.16.1+"
+    assert torch_layout(fm) == "vit-pytorch 1.16.1+"
     assert sorted(to_torch_state_dict(fm)) == sorted(sd)
 
 
@@ -164,7 +173,7 @@ def test_rectangular_patch_grid_from_upstream():
     )
     check_parity(up, fm, input_shapes=[(2, 2, 8, 12)], dtype="float64", perturb=0.1).assert_ok()
     load_state_dict(fm, up.state_dict())
-    assert fm.torch_layout == "vit-pytorch 1.16.1+"
+    assert torch_layout(fm) == "vit-pytorch 1.16.1+"
 
 
 def test_unknown_layout_lists_the_keys_that_did_not_match():

@@ -29,6 +29,7 @@ from torch_ref.layers.cbam import (
 from torch_ref.layers.dilate import DilateAttention, DilateBlock, MultiDilateLocalAttention
 from torch_ref.layers.dilate import GlobalBlock as DilateGlobalBlock
 from torch_ref.layers.dilate import Mlp as DilateMlp
+from torch_ref.layers.reversible import ReversibleBlock, ReversibleSequence
 from torch_ref.layers.se import SELayer
 from torch_ref.layers.self_attention import SelfAttention
 from torch_ref.layers.vit import Attention, FeedForward, PreNorm, Transformer, ViT
@@ -50,7 +51,6 @@ from torch_ref.models.dilateformer import (
 )
 from torch_ref.models.dilateformer import PatchEmbed as DilatePatchEmbed
 from torch_ref.models.dilateformer import PatchMerging as DilatePatchMerging
-from torch_ref.ops.reversible import ReversibleBlock, ReversibleSequence
 
 __all__ = [
     "AAWideResNet",

@@ -16,6 +16,7 @@ from pathlib import Path
 from flax import nnx
 
 from flaxattn.convert import load_weights, save_weights, to_torch_state_dict
+from flaxattn.registry import resolve
 
 
 def _sidecar(path: Path) -> Path:
@@ -58,14 +59,11 @@ def export_weights(model: nnx.Module, cls: str, kwargs: dict, path: str | os.Pat
 
 def load_torch_twin(path: str | os.PathLike):
     """The torch_ref twin described by ``<path>.json``, with the exported weights (strict)."""
-    import importlib
-
     import torch
 
     path = Path(path)
     meta = json.loads(_sidecar(path).read_text())
-    *mods, name = meta["torch_ref_class"].split(".")
-    cls = getattr(importlib.import_module(".".join(["torch_ref", *mods])), name)
+    cls = resolve(meta["torch_ref_class"], "torch_ref")
     twin = cls(**meta["kwargs"])
     ref = twin.state_dict()
     sd = {

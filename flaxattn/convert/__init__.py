@@ -30,6 +30,7 @@ from flaxattn.convert.core import (
     register_rule,
     tensor_maps,
     to_torch_state_dict,
+    torch_layout,
 )
 from flaxattn.convert.io import load_weights, save_weights
 
@@ -52,4 +53,5 @@ __all__ = [
     "save_weights",
     "tensor_maps",
     "to_torch_state_dict",
+    "torch_layout",
 ]

@@ -2,15 +2,14 @@
 
 A *builder* turns a torch module into ``(flax_class, kwargs)``. Our ``torch_ref``
 twins need none: they record their constructor arguments (``init_args``) and
-live in files that mirror ``flaxattn`` (``torch_ref.layers.cbam.CBAM`` ->
-``flaxattn.layers.cbam.CBAM``). Upstream classes get a builder each, registered
+their Flax class is named in one explicit table, :data:`flaxattn.convert.twins.TWINS`
+(``layers.cbam.CBAM`` -> ``layers.cbam.CBAM``). Upstream classes get a builder each, registered
 by class name, that reads the configuration off the module's attributes and
 weight shapes.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from flaxattn.convert.core import load_state_dict
+from flaxattn.convert.twins import flax_twin
 
 Builder = Callable[[Any], "tuple[type, dict] | None"]
 _BUILDERS: dict[str, list[Builder]] = {}
@@ -51,11 +51,9 @@ def register_kwargs_adapter(flax_class: type) -> Callable:
 
 
 def _twin_builder(torch_module) -> tuple[type, dict] | None:
-    cls = type(torch_module)
-    if not cls.__module__.startswith("torch_ref.") or not hasattr(torch_module, "init_args"):
+    flax_cls = flax_twin(type(torch_module))
+    if flax_cls is None or not hasattr(torch_module, "init_args"):
         return None
-    flax_module = importlib.import_module("flaxattn." + cls.__module__[len("torch_ref.") :])
-    flax_cls = getattr(flax_module, cls.__name__)
     kwargs = dict(torch_module.init_args)
     adapter = _KWARG_ADAPTERS.get(f"{flax_cls.__module__}.{flax_cls.__qualname__}")
     return flax_cls, adapter(kwargs) if adapter else kwargs

@@ -23,6 +23,7 @@ Transforms are pure re-layouts (transposes, reshapes, splits), so the same
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -36,6 +37,17 @@ Transform = Callable[[Array], Array]
 
 def _identity(a: Array) -> Array:
     return a
+
+
+# The layout each module was last loaded from (``load_state_dict``); absent = canonical.
+_LOADED_LAYOUT: weakref.WeakKeyDictionary[nnx.Module, str] = weakref.WeakKeyDictionary()
+
+
+def torch_layout(module: nnx.Module) -> str:
+    """The name of the PyTorch key layout ``module`` was last loaded from by
+    :func:`load_state_dict` (or ``from_torch``): ``"canonical"`` or a registered
+    :class:`Layout`'s name. :func:`to_torch_state_dict` writes this layout back."""
+    return _LOADED_LAYOUT.get(module, "canonical")
 
 
 class ConversionError(ValueError):
@@ -305,8 +317,8 @@ def load_state_dict(
         updates.append((m.flax_path, jnp.array(value, dtype=var.dtype)))
     for path, value in updates:
         variables[path][...] = value
-    # Remember the layout so that export writes the same one back.
-    module.torch_layout = chosen.name if chosen is not None else "canonical"
+    # Remember the layout so that export writes the same one back (see torch_layout).
+    _LOADED_LAYOUT[module] = chosen.name if chosen is not None else "canonical"
     return [k for k, _ in missing]
 
 
@@ -320,7 +332,7 @@ def map_to_torch(
         if m.flax_path in values:
             # np.array copies: JAX buffers are read-only and torch wants writable memory.
             out[m.torch_key] = np.array(m.to_torch(np.asarray(values[m.flax_path])))
-    layout = layout or getattr(module, "torch_layout", "canonical")
+    layout = layout or torch_layout(module)
     if layout != "canonical":
         out = _find_layout(module, layout).from_canonical(out, module)
     return out

@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from flaxattn.convert.core import leaf, register_rule
-from flaxattn.ops.nn import BatchNorm
+from flaxattn.layers.basic import BatchNorm
 
 
 def _t(a: np.ndarray) -> np.ndarray:

@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from flaxattn.layers.basic import Conv2d, Dtype
 from flaxattn.ops.checks import check_choice, check_divisible, check_input, check_positive
-from flaxattn.ops.nn import Conv2d, Dtype
 from flaxattn.ops.relative import attention_2d, relative_logits_2d
 
 

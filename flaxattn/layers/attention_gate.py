@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from flaxattn.layers.basic import BatchNorm2d, Conv2d, Dtype
 from flaxattn.ops.checks import check_input, check_positive
-from flaxattn.ops.nn import BatchNorm2d, Conv2d, Dtype
 
 
 class AttentionGate(nnx.Module):

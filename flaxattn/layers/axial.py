@@ -44,9 +44,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from flaxattn.layers.basic import Conv2d, Dtype, LayerNorm, Linear
+from flaxattn.layers.reversible import ReversibleSequence
 from flaxattn.ops.checks import check_choice, check_input, check_positive
-from flaxattn.ops.nn import Conv2d, Dtype, LayerNorm, Linear
-from flaxattn.ops.reversible import ReversibleSequence
 
 REVERSIBLE_CHOICES = (True, False, "coupling")
 

@@ -7,10 +7,11 @@ Two variants live here, under different names because they compute different
 functions and hold different parameters:
 
 - ``ChannelAttention``, ``SpatialAttention``, ``CBAM``, ``ResBlockCBAM``: the
-  seed listing. The channel MLP is two bias-free 1x1 convs shared by the average-
-  and max-pooled descriptors; the spatial gate is a 7x7 conv *with* bias over
-  ``[mean, max]`` and no BatchNorm. The seed's ``ResBlock`` builds ``CBAM(c1)``
-  with an undefined ``c1``; here it is ``CBAM(places * expansion)``.
+  paper's module (Sec. 3, Fig. 2) as commonly re-implemented in PyTorch. The
+  channel MLP is two bias-free 1x1 convs shared by the average- and max-pooled
+  descriptors; the spatial gate is a 7x7 conv *with* bias over ``[mean, max]``
+  and no BatchNorm. ``ResBlockCBAM`` applies ``CBAM(places * expansion)`` to a
+  bottleneck's output before the residual sum, as the paper's Fig. 3.
 - ``JongchanCBAM`` (with ``ChannelGate`` and ``SpatialGate``): the authors'
   code, Jongchan/attention-module ``MODELS/cbam.py``. The channel MLP is two
   Linear layers with bias, pool types are any of avg/max/lp/lse, the spatial
@@ -30,8 +31,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from flaxattn.layers.basic import BatchNorm2d, Conv2d, Dtype, Linear
 from flaxattn.ops.checks import check_choice, check_input, check_positive
-from flaxattn.ops.nn import BatchNorm2d, Conv2d, Dtype, Linear
 from flaxattn.ops.reduce import max_reduce
 
 
@@ -101,11 +102,13 @@ class SpatialAttention(nnx.Module):
 
 
 class CBAM(nnx.Module):
-    """Channel then spatial attention (seed variant); ``(B, H, W, C) -> (B, H, W, C)``.
+    """Channel then spatial attention (the paper's module, see the file docstring).
+
+    Shapes: ``(B, H, W, C) -> (B, H, W, C)``.
 
     Args:
       channel: number of channels ``C``.
-      ratio: bottleneck ratio of the channel MLP (the seed fixes it at 16).
+      ratio: bottleneck ratio of the channel MLP (the paper uses 16).
 
     Example::
 

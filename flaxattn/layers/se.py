@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from flaxattn.layers.basic import Dtype, Linear
 from flaxattn.ops.checks import check_input, check_positive
-from flaxattn.ops.nn import Dtype, Linear
 
 
 class SELayer(nnx.Module):

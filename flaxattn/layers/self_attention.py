@@ -11,17 +11,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from flaxattn.layers.basic import Dtype, Linear
 from flaxattn.ops.checks import check_input, check_positive
-from flaxattn.ops.nn import Dtype, Linear
 
 
 class SelfAttention(nnx.Module):
     """``softmax(q k^T / sqrt(dim_k)) v`` with separate q, k, v projections.
 
-    Deviation from the seed listing: the seed multiplies the attention *weights*
-    by ``1 / sqrt(dim_k)`` after the softmax, which only rescales the output and
-    leaves the softmax unscaled. Here the scale is applied to the logits before
-    the softmax, as in the paper.
+    The scale is applied to the logits before the softmax, as in the paper (Eq. 1);
+    scaling the attention *weights* after the softmax instead, as some tutorial code
+    does, only rescales the output and leaves the softmax unscaled.
 
     Args:
       input_dim: token feature size ``D``.

@@ -4,10 +4,10 @@ Dosovitskiy et al., "An Image is Worth 16x16 Words: Transformers for Image
 Recognition at Scale", ICLR 2021. https://arxiv.org/abs/2010.11929
 
 Twin of ``torch_ref.layers.vit``, which follows lucidrains/vit-pytorch
-``vit_pytorch/vit.py`` as released in 0.30-0.40 (the seed listing): ``PreNorm``
+``vit_pytorch/vit.py`` as released in 0.30-0.40: ``PreNorm``
 wrappers, exact GELU, patches flattened ``(p1 p2 c)``, a cls token or mean
 pooling, ``mlp_head = Sequential(LayerNorm, Linear)``. Its state_dict keys are
-our canonical layout. The keyword arguments past the seed's reproduce the other
+our canonical layout. The keyword arguments past 0.40's reproduce the other
 vit-pytorch releases (see :class:`ViT`), and ``flaxattn.convert`` loads every
 release's keys from ``0.3.0`` on.
 
@@ -31,9 +31,8 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn.dtypes import promote_dtype
 
+from flaxattn.layers.basic import Dropout, Dtype, LayerNorm, Linear, gelu
 from flaxattn.ops.checks import check_choice, check_input, check_positive
-from flaxattn.ops.dropout import Dropout
-from flaxattn.ops.nn import Dtype, LayerNorm, Linear, gelu
 
 
 def pair(t: int | Sequence[int]) -> tuple[int, int]:
@@ -302,7 +301,7 @@ class ViT(nnx.Module):
       patch_norm: LayerNorms before and after the patch projection (dual
         PatchNorm, vit-pytorch 1.0 and later).
       final_norm: ``'pooled'``: the head is ``Sequential(LayerNorm, Linear)`` on
-        the pooled token (the seed, vit-pytorch before 1.4); ``'tokens'``:
+        the pooled token (vit-pytorch before 1.4); ``'tokens'``:
         ``transformer.norm`` normalises every token and the head is a Linear
         (vit-pytorch 1.4 and later). Equal functions for ``pool='cls'``.
       mean_with_cls: with ``pool='mean'``, keep a cls token in the sequence and

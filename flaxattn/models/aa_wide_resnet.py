@@ -25,9 +25,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from flaxattn.layers.aa_conv import AugmentedConv, map_shape
+from flaxattn.layers.basic import BatchNorm2d, Conv2d, Dropout, Dtype, Linear
 from flaxattn.ops.checks import check_choice, check_input, check_positive
-from flaxattn.ops.dropout import Dropout
-from flaxattn.ops.nn import BatchNorm2d, Conv2d, Dtype, Linear
 
 
 def strided_shape(shape: tuple[int, int], stride: int) -> tuple[int, int]:

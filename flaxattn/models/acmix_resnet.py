@@ -27,8 +27,8 @@ import numpy as np
 from flax import nnx
 
 from flaxattn.layers.acmix import ACmix
+from flaxattn.layers.basic import BatchNorm2d, Conv2d, Dtype, Linear
 from flaxattn.ops.checks import check_choice, check_input, check_positive
-from flaxattn.ops.nn import BatchNorm2d, Conv2d, Dtype, Linear
 
 NormLayer = Callable[..., nnx.Module]
 STEMS = ("imagenet", "cifar")
@@ -65,7 +65,7 @@ class Bottleneck(nnx.Module):
       groups, base_width: ACmix's width is ``int(planes * base_width / 64) * groups``.
       dilation: ACmix's attention dilation.
       norm_layer: ``norm_layer(num_features, *, dtype, param_dtype, rngs)``;
-        default :class:`~flaxattn.ops.nn.BatchNorm2d`.
+        default :class:`~flaxattn.layers.basic.BatchNorm2d`.
 
     Deviation from upstream: an identity shortcut that cannot match the output
     raises a ``ValueError`` here (upstream fails at the residual add).

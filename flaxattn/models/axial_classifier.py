@@ -21,8 +21,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from flaxattn.layers.axial import AxialImageTransformer
+from flaxattn.layers.basic import Conv2d, Dtype, LayerNorm, Linear
 from flaxattn.ops.checks import check_input, check_positive
-from flaxattn.ops.nn import Conv2d, Dtype, LayerNorm, Linear
 
 
 class AxialClassifier(nnx.Module):

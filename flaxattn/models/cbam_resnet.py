@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from flaxattn.layers.basic import BatchNorm2d, Conv2d, Dtype, Linear
 from flaxattn.layers.cbam import ResBlockCBAM
 from flaxattn.ops.checks import check_input, check_positive
-from flaxattn.ops.nn import BatchNorm2d, Conv2d, Dtype, Linear
 
 
 class CBAMResNet(nnx.Module):

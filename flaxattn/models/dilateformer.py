@@ -37,25 +37,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from flaxattn.layers.dilate import (
-    DepthwiseConv2d,
-    DilateBlock,
-    GlobalBlock,
-    check_dilation,
-    check_heads,
-    check_kernel_size,
-)
+from flaxattn.layers.basic import BatchNorm2d, Conv2d, Dtype, LayerNorm, Linear, gelu
+from flaxattn.layers.dilate import DepthwiseConv2d, DilateBlock, GlobalBlock
 from flaxattn.ops.checks import check_choice, check_input, check_positive
-from flaxattn.ops.nn import (
-    BatchNorm2d,
-    Conv2d,
-    Dtype,
-    LayerNorm,
-    Linear,
-    constant_init,
-    gelu,
-    trunc_normal_init,
-)
+from flaxattn.ops.dilated import check_dilation, check_heads, check_kernel_size
+from flaxattn.ops.init import constant_init, trunc_normal_init
 
 PATCH_WAYS = ("overlaping", "nonoverlaping", "pointconv")
 MERGING_WAYS = ("conv3_2", "conv2_2", "avgpool3_2", "avgpool2_2")
@@ -280,7 +266,13 @@ class _Stage(nnx.Module):
 
     def _downsample(self, dim, downsample, merging_way, cpe_per_stage, kw):
         self.downsample = (
-            PatchMerging(dim, int(dim * 2), merging_way, cpe_per_stage, **kw)
+            PatchMerging(
+                in_channels=dim,
+                out_channels=int(dim * 2),
+                merging_way=merging_way,
+                cpe_per_stage=cpe_per_stage,
+                **kw,
+            )
             if downsample
             else nnx.data(None)
         )
@@ -323,19 +315,19 @@ class DilateStage(_Stage):
         self.blocks = nnx.List(
             [
                 DilateBlock(
-                    dim,
-                    num_heads,
-                    mlp_ratio,
-                    qkv_bias,
-                    qk_scale,
-                    drop,
-                    attn_drop,
-                    rate,
-                    act_layer,
-                    norm_layer,
-                    kernel_size,
-                    dilation,
-                    cpe_per_block,
+                    dim=dim,
+                    num_heads=num_heads,
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    qk_scale=qk_scale,
+                    drop=drop,
+                    attn_drop=attn_drop,
+                    drop_path=rate,
+                    act_layer=act_layer,
+                    norm_layer=norm_layer,
+                    kernel_size=kernel_size,
+                    dilation=dilation,
+                    cpe_per_block=cpe_per_block,
                     **kw,
                 )
                 for rate in _drop_rates(drop_path, depth)
@@ -375,17 +367,17 @@ class GlobalStage(_Stage):
         self.blocks = nnx.List(
             [
                 GlobalBlock(
-                    dim,
-                    num_heads,
-                    mlp_ratio,
-                    qkv_bias,
-                    qk_scale,
-                    drop,
-                    attn_drop,
-                    rate,
-                    act_layer,
-                    norm_layer,
-                    cpe_per_block,
+                    dim=dim,
+                    num_heads=num_heads,
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    qk_scale=qk_scale,
+                    drop=drop,
+                    attn_drop=attn_drop,
+                    drop_path=rate,
+                    act_layer=act_layer,
+                    norm_layer=norm_layer,
+                    cpe_per_block=cpe_per_block,
                     **kw,
                 )
                 for rate in _drop_rates(drop_path, depth)
@@ -518,8 +510,8 @@ class DilateFormer(nnx.Module):
         feature_sizes(self.img_size, **self._size_args(), what=f"`img_size` (={img_size!r})")
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.patch_embed = PatchEmbed(
-            img_size,
-            in_chans,
+            img_size=img_size,
+            in_chans=in_chans,
             patch_size=patch_size,
             embed_dim=embed_dim,
             patch_way=patch_way,
@@ -545,11 +537,17 @@ class DilateFormer(nnx.Module):
             )
             dim = int(embed_dim * 2**i)
             if dilate_attention[i]:
-                stages.append(
-                    DilateStage(dim, depths[i], num_heads[i], kernel_size, dilation, **common)
+                stage = DilateStage(
+                    dim=dim,
+                    depth=depths[i],
+                    num_heads=num_heads[i],
+                    kernel_size=kernel_size,
+                    dilation=dilation,
+                    **common,
                 )
             else:
-                stages.append(GlobalStage(dim, depths[i], num_heads[i], **common))
+                stage = GlobalStage(dim=dim, depth=depths[i], num_heads=num_heads[i], **common)
+            stages.append(stage)
         self.stages = nnx.List(stages)
         self.norm = norm_layer(self.num_features, **kw)
         self.head = (

@@ -1,1 +1,8 @@
-"""Shared primitives: torch-compatible layers, checks, local attention, reversible stacks."""
+"""Pure functions, no modules: kernels with their custom VJPs, one file per kernel family.
+
+``local.py`` (windowed and ACmix local attention), ``dilated.py`` (DilateFormer's MSDA),
+``depthwise.py`` (depthwise and grouped shift convolutions), ``relative.py`` (AA-Conv's
+relative logits), ``reversible.py`` (the reversible coupling), ``dropout.py`` (hashed
+dropout masks); plus ``init.py`` (torch-like initialisers), ``checks.py`` (argument
+checks) and ``reduce.py``. The modules that use them are in :mod:`flaxattn.layers`.
+"""

@@ -1,10 +1,9 @@
-"""Dropout whose masks are cheap to draw on every backend.
+"""Dropout masks that are cheap to draw on every backend (used by
+:class:`flaxattn.layers.basic.Dropout`).
 
 ``nnx.Dropout`` draws its mask with ``jax.random.bernoulli``: threefry, which
-XLA:CPU runs as a loop of small kernels. In ``vit_tiny``'s train step (17
-dropout layers, 1.5M mask entries) that was half of the step: 42 ms with
-``nnx.Dropout`` against 21 ms with the masks below, 19-23 ms with no dropout at
-all (``bench/`` and the note of the change that added this file).
+XLA:CPU runs as a loop of small kernels; in a ViT train step with dropout that
+loop can take as long as the rest of the step (figures: ``bench/NOTES.md``).
 
 Here the key of each call still comes from the module's ``nnx.Rngs`` stream
 (``fold_in`` per call, as ``nnx.Dropout`` does), and only the per-element bits
@@ -23,7 +22,6 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 _PHI = 0x9E3779B9  # 2^32 / golden ratio: spreads consecutive counters apart
 
@@ -58,34 +56,3 @@ def keep_mask(key: jax.Array, keep_prob: float, shape: Sequence[int]) -> jax.Arr
     """Boolean mask, each entry ``True`` with probability ``keep_prob`` (to within 2**-32)."""
     threshold = jnp.uint32(min(round(keep_prob * 2**32), 2**32 - 1))
     return random_bits(key, shape) < threshold
-
-
-class Dropout(nnx.Dropout):
-    """``nnx.Dropout`` (same arguments, state and train/eval behaviour) with masks
-    from :func:`keep_mask` instead of threefry ``bernoulli``.
-
-    Shapes: any ``x -> x``; in train mode entries are zeroed with probability
-    ``rate`` and the rest scaled by ``1 / (1 - rate)``.
-    """
-
-    def __call__(self, inputs, *, deterministic: bool | None = None, rngs=None):
-        deterministic = self.deterministic if deterministic is None else deterministic
-        if self.rate == 0.0 or deterministic:
-            return inputs
-        if self.rate == 1.0:  # no NaN gradients from 0 / 0
-            return jnp.zeros_like(inputs)
-        rngs = self.rngs if rngs is None else rngs
-        if rngs is None:
-            raise ValueError("Dropout: `deterministic` is False but no `rngs` were given")
-        if isinstance(rngs, nnx.Rngs):
-            key = rngs[self.rng_collection]()
-        elif isinstance(rngs, nnx.RngStream):
-            key = rngs()
-        else:
-            key = rngs
-        keep_prob = 1.0 - self.rate
-        shape = list(inputs.shape)
-        for dim in self.broadcast_dims:
-            shape[dim] = 1
-        mask = jnp.broadcast_to(keep_mask(key, keep_prob, shape), inputs.shape)
-        return jnp.where(mask, inputs / keep_prob, jnp.zeros_like(inputs))

@@ -21,8 +21,8 @@ whatever the depth.
 
 - **RNG replay.** ``f`` and ``g`` are re-run with the non-parameter state they
   had in the forward pass, so dropout draws the same masks in the backward
-  (:class:`~flaxattn.ops.dropout.Dropout`, ``nnx.Dropout`` and
-  :class:`~flaxattn.ops.nn.DropPath` each fork their own stream, which is what
+  (:class:`~flaxattn.layers.basic.Dropout`, ``nnx.Dropout`` and
+  :class:`~flaxattn.layers.basic.DropPath` each fork their own stream, which is what
   this needs; streams shared *between* blocks are not supported).
 - **Precision.** The streams are kept in at least float32 even when ``f``/``g``
   compute in bfloat16: their outputs are cast to the stream dtype before the
@@ -60,9 +60,8 @@ def _after(values, deps):
     Without it, XLA schedules everything derived from parameters alone (bias
     and scale broadcasts to activation shape, transposed conv kernels) of all
     blocks at the start of the backward pass, or merges it (CSE) with the same
-    values of the forward pass, and keeps it alive throughout: measured on
-    XLA:CPU, temp memory then grew by ~34 MB per layer (AxialImageTransformer,
-    dim 64, 8x32x32). ``optimization_barrier`` does not help there: XLA:CPU
+    values of the forward pass, and keeps it alive throughout: temp memory then
+    grows with depth (``bench/NOTES.md``). ``optimization_barrier`` does not help there: XLA:CPU
     removes barriers before scheduling. ``x + 0 * d`` is not folded for floats
     (NaN semantics), costs one parameter-sized add, and leaves finite values
     unchanged (a non-finite ``deps`` element would make the gradients NaN,
@@ -72,7 +71,7 @@ def _after(values, deps):
     return jax.tree.map(lambda v: v + zero.astype(v.dtype), values)
 
 
-def _add(stream: jax.Array, delta: jax.Array) -> jax.Array:
+def add_to_stream(stream: jax.Array, delta: jax.Array) -> jax.Array:
     return stream + delta.astype(stream.dtype)
 
 
@@ -106,9 +105,9 @@ def reversible_coupling(
         new_rests = []
         for i in range(n):
             fy, rf = _apply(defs[2 * i], params[2 * i], rests[2 * i], x2)
-            x1 = _add(x1, fy)
+            x1 = add_to_stream(x1, fy)
             gy, rg = _apply(defs[2 * i + 1], params[2 * i + 1], rests[2 * i + 1], x1)
-            x2 = _add(x2, gy)
+            x2 = add_to_stream(x2, gy)
             new_rests += [rf, rg]
         return x1, x2, tuple(new_rests)
 
@@ -157,60 +156,3 @@ def reversible_coupling(
     for module, rest in zip(modules, new_rests, strict=True):
         nnx.update(module, rest)
     return y1, y2
-
-
-class Deterministic(nnx.Module):
-    """Holds one coupling function as ``net``.
-
-    Upstream's wrapper records the torch RNG state for the backward; here the
-    sequence replays the module's own state (see the module docstring). It stays
-    for the parameter paths (``blocks.0.f.net...``), which match upstream's
-    state_dict keys.
-    """
-
-    def __init__(self, net: Callable):
-        self.net = net
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.net(x)
-
-
-class ReversibleBlock(nnx.Module):
-    """One coupling ``y1 = x1 + f(x2)``, ``y2 = x2 + g(y1)`` of two streams."""
-
-    def __init__(self, f: nnx.Module, g: nnx.Module):
-        self.f = Deterministic(f)
-        self.g = Deterministic(g)
-
-    def __call__(self, x1: jax.Array, x2: jax.Array) -> tuple[jax.Array, jax.Array]:
-        y1 = _add(x1, self.f(x2))
-        return y1, _add(x2, self.g(y1))
-
-
-class ReversibleSequence(nnx.Module):
-    """Reversible blocks on two copies of the input; returns the mean of the two streams.
-
-    Args:
-      blocks: ``(f, g)`` module pairs, each a map from ``x`` to a tensor of ``x``'s shape.
-      reconstruct: differentiate with :func:`reversible_coupling` (activations
-        reconstructed from the outputs; memory flat in depth) or, when False,
-        with plain autodiff of the same coupling (activations stored).
-
-    Shapes: ``x -> x.shape``; the output dtype is the stream dtype
-    (``promote_types(x.dtype, float32)``).
-    """
-
-    def __init__(self, blocks: Sequence[tuple[nnx.Module, nnx.Module]], reconstruct: bool = True):
-        self.blocks = nnx.List([ReversibleBlock(f, g) for f, g in blocks])
-        self.reconstruct = reconstruct
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-        if self.reconstruct:
-            y1, y2 = reversible_coupling([(b.f, b.g) for b in self.blocks], x, x)
-        else:
-            y1 = y2 = x
-            for block in self.blocks:
-                y1, y2 = block(y1, y2)
-        # Upstream: torch.stack(y.chunk(2)).mean(0); halving is exact.
-        return (y1 + y2) / 2

@@ -155,4 +155,10 @@ register(
         [(2, 6, 6, 3)],
         r"AugmentedConv: expected `x` of shape \(B, H, W, 4\), got \(2, 6, 6, 3\)",
     ),
+    BadArgs(
+        "AugmentedConv",
+        (4, 8, 3, 8, 4, 2),
+        {"shape": 0, "relative": True},
+        match=r"`shape` \(=0\) must be the positive attention map size",
+    ),
 )

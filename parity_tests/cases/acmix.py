@@ -134,4 +134,10 @@ register(
         [(2, 8, 8, 6)],
         r"ACmix: expected `x` of shape \(B, H, W, 8\), got \(2, 8, 8, 6\)",
     ),
+    BadArgs(
+        "ACmixResNet",
+        ([1, 1, 1, 1],),
+        {"replace_stride_with_dilation": [True]},
+        match=r"`replace_stride_with_dilation` \(=\[True\]\) must be None or 3 flags",
+    ),
 )

@@ -247,4 +247,10 @@ register(
         [(2, 7, 12)],
         r"expected `x` of shape \(B, T, 16\), got \(2, 7, 12\)",
     ),
+    BadArgs(
+        "AxialAttention",
+        (16, 2, 4),
+        {"dim_index": 0},
+        match=r"`dim_index` \(=0\) must name a non-batch axis of a 4-D input",
+    ),
 )

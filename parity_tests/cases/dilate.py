@@ -310,4 +310,9 @@ register(
         [(1, 32, 32, 1)],
         r"expected `x` of shape \(B, H, W, 3\), got \(1, 32, 32, 1\)",
     ),
+    BadArgs(
+        "DilateFormer",
+        kwargs={"dilation": [1, 0]},
+        match=r"`dilation` \(=\[1, 0\]\) must be a non-empty list of positive ints",
+    ),
 )

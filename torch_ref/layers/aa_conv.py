@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flaxattn.layers.aa_conv import check_aa_args
+from torch_ref._checks import check_choice, check_divisible, check_positive
 from torch_ref._twin import Twin
 
 
@@ -26,6 +26,37 @@ def rel_to_abs(x: torch.Tensor) -> torch.Tensor:
     flat = F.pad(x, (0, 1)).reshape(*lead, 2 * length * length)
     flat = F.pad(flat, (0, length - 1))
     return flat.reshape(*lead, length + 1, width)[..., :length, length - 1 :]
+
+
+def map_shape(shape: int | Sequence[int], relative: bool) -> tuple[int, int]:
+    """``shape`` (an int or ``(H, W)``) as a pair; positive when ``relative``."""
+    if isinstance(shape, int) and not isinstance(shape, bool):
+        pair = (shape, shape)
+    else:
+        pair = tuple(shape) if isinstance(shape, (tuple, list)) else ()
+        if len(pair) != 2 or not all(isinstance(s, int) for s in pair):
+            raise ValueError(f"`shape` (={shape!r}) must be an int or a pair of ints (H, W)")
+    if relative and min(pair) < 1:
+        raise ValueError(
+            f"`shape` (={shape!r}) must be the positive attention map size (H, W) "
+            "when `relative=True`"
+        )
+    return pair
+
+
+def _check_args(in_channels, out_channels, kernel_size, dk, dv, Nh, stride) -> None:
+    check_positive(
+        in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size, Nh=Nh
+    )
+    check_choice("stride", stride, (1, 2))
+    if dv < 0:
+        raise ValueError(f"`dv` (={dv}) must not be negative")
+    if dv > out_channels:
+        raise ValueError(f"`dv` (={dv}) must not exceed `out_channels` (={out_channels})")
+    check_divisible("dv", dv, "Nh", Nh)
+    if dv > 0:
+        check_positive(dk=dk)
+        check_divisible("dk", dk, "Nh", Nh)
 
 
 class AugmentedConv(Twin):
@@ -68,9 +99,8 @@ class AugmentedConv(Twin):
         stride: int = 1,
     ):
         super().__init__()
-        hw = check_aa_args(
-            in_channels, out_channels, kernel_size, dk, dv, Nh, shape, relative, stride
-        )
+        _check_args(in_channels, out_channels, kernel_size, dk, dv, Nh, stride)
+        hw = map_shape(shape, relative and dv > 0)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = kernel_size

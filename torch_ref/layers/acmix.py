@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from flaxattn.layers.acmix import attention_padding, check_acmix_args, check_map_size
+from torch_ref._checks import check_choice, check_divisible, check_positive
 from torch_ref._twin import Twin
 
 
@@ -20,6 +20,22 @@ def position(h: int, w: int, dtype: torch.dtype, device=None) -> torch.Tensor:
     loc_w = torch.linspace(-1.0, 1.0, w, dtype=dtype, device=device).unsqueeze(0).repeat(h, 1)
     loc_h = torch.linspace(-1.0, 1.0, h, dtype=dtype, device=device).unsqueeze(1).repeat(1, w)
     return torch.cat([loc_w.unsqueeze(0), loc_h.unsqueeze(0)], 0).unsqueeze(0)
+
+
+def _check_args(in_planes, out_planes, kernel_att, head, kernel_conv, stride, dilation) -> None:
+    check_positive(
+        in_planes=in_planes,
+        out_planes=out_planes,
+        kernel_att=kernel_att,
+        head=head,
+        kernel_conv=kernel_conv,
+        dilation=dilation,
+    )
+    check_divisible("out_planes", out_planes, "head", head)
+    check_choice("stride", stride, (1, 2))
+    for name, value in (("kernel_att", kernel_att), ("kernel_conv", kernel_conv)):
+        if value % 2 == 0:
+            raise ValueError(f"`{name}` (={value}) must be odd")
 
 
 class ACmix(Twin):
@@ -51,7 +67,7 @@ class ACmix(Twin):
         dilation: int = 1,
     ):
         super().__init__()
-        check_acmix_args(in_planes, out_planes, kernel_att, head, kernel_conv, stride, dilation)
+        _check_args(in_planes, out_planes, kernel_att, head, kernel_conv, stride, dilation)
         self.in_planes = in_planes
         self.out_planes = out_planes
         self.head = head
@@ -68,7 +84,8 @@ class ACmix(Twin):
         self.conv3 = nn.Conv2d(in_planes, out_planes, kernel_size=1)
         self.conv_p = nn.Conv2d(2, self.head_dim, kernel_size=1)
 
-        self.padding_att = attention_padding(kernel_att, dilation)
+        # upstream's padding: (dilation * (kernel_att - 1) + 1) // 2
+        self.padding_att = (dilation * (kernel_att - 1) + 1) // 2
         self.pad_att = nn.ReflectionPad2d(self.padding_att)
         self.unfold = nn.Unfold(kernel_size=kernel_att, dilation=dilation, stride=stride)
         self.softmax = nn.Softmax(dim=1)
@@ -100,8 +117,14 @@ class ACmix(Twin):
         q, k, v = self.conv1(x), self.conv2(x), self.conv3(x)
         scaling = float(self.head_dim) ** -0.5
         b, c, h, w = q.shape
-        check_map_size(h, w, self.kernel_att, self.dilation)
-        s, n, d, ka = self.stride, self.head, self.head_dim, self.kernel_att
+        ka = self.kernel_att
+        p = self.padding_att
+        if min(h, w) <= p:  # ReflectionPad2d needs padding < size
+            raise ValueError(
+                f"ACmix: maps must be at least {p + 1}x{p + 1} for the reflection padding of "
+                f"{p} (kernel_att={ka}, dilation={self.dilation}), got {h}x{w}"
+            )
+        s, n, d = self.stride, self.head, self.head_dim
         h_out, w_out = (h - 1) // s + 1, (w - 1) // s + 1
 
         # attention, with the positional encoding

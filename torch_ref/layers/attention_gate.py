@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from flaxattn.ops.checks import check_positive
+from torch_ref._checks import check_positive
 from torch_ref._twin import Twin
 
 

@@ -28,15 +28,48 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from flaxattn.layers.axial import (
-    REVERSIBLE_CHOICES,
-    calculate_permutations,
-    check_heads,
-    normalize_axis,
-)
-from flaxattn.ops.checks import check_choice, check_positive
+from torch_ref._checks import check_choice, check_positive
 from torch_ref._twin import Twin
-from torch_ref.ops.reversible import ReversibleSequence
+from torch_ref.layers.reversible import ReversibleSequence
+
+REVERSIBLE_CHOICES = (True, False, "coupling")
+
+
+def normalize_axis(index: int, total: int, name: str) -> int:
+    """Upstream's ``index if index > 0 else index + total``, refusing the batch axis."""
+    axis = index if index > 0 else index + total
+    if not 1 <= axis < total:
+        raise ValueError(
+            f"`{name}` (={index}) must name a non-batch axis of a {total}-D input: "
+            f"1..{total - 1} or {1 - total}..-1"
+        )
+    return axis
+
+
+def calculate_permutations(num_dimensions: int, emb_dim: int) -> list[list[int]]:
+    """Upstream's ``calculate_permutations``: per axial axis, ``[*rest, axial, emb]``."""
+    total_dimensions = num_dimensions + 2
+    emb_dim = normalize_axis(emb_dim, total_dimensions, "dim_index")
+    axial_dims = [ind for ind in range(1, total_dimensions) if ind != emb_dim]
+    permutations = []
+    for axial_dim in axial_dims:
+        last_two_dims = [axial_dim, emb_dim]
+        dims_rest = sorted(set(range(total_dimensions)) - set(last_two_dims))
+        permutations.append([*dims_rest, *last_two_dims])
+    return permutations
+
+
+def check_heads(dim: int, heads: int, dim_heads: int | None) -> int:
+    """Upstream's ``dim_heads = default(dim_heads, dim // heads)``, refusing a remainder."""
+    check_positive(dim=dim, heads=heads)
+    if dim_heads is None:
+        if dim % heads:
+            raise ValueError(
+                f"`dim` (={dim}) must be divisible by `heads` (={heads}), or pass `dim_heads`"
+            )
+        return dim // heads
+    check_positive(dim_heads=dim_heads)
+    return dim_heads
 
 
 class ChanLayerNorm(Twin):

@@ -3,9 +3,10 @@
 Woo et al., "CBAM: Convolutional Block Attention Module", ECCV 2018.
 https://arxiv.org/abs/1807.06521
 
-``ChannelAttention``/``SpatialAttention``/``CBAM``/``ResBlockCBAM`` are the seed
-listing (its ``CBAM(c1)`` with an undefined ``c1`` is ``CBAM(places * expansion)``
-here); ``JongchanCBAM``/``ChannelGate``/``SpatialGate`` follow the authors' code,
+``ChannelAttention``/``SpatialAttention``/``CBAM``/``ResBlockCBAM`` are the paper's
+module (Sec. 3) as commonly re-implemented in PyTorch (``ResBlockCBAM`` applies
+``CBAM(places * expansion)`` before the residual sum, as the paper's Fig. 3);
+``JongchanCBAM``/``ChannelGate``/``SpatialGate`` follow the authors' code,
 Jongchan/attention-module ``MODELS/cbam.py``, key for key. See the Flax file for
 how the two differ.
 """
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flaxattn.ops.checks import check_choice, check_positive
+from torch_ref._checks import check_choice, check_positive
 from torch_ref._twin import Twin
 
 

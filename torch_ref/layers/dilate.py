@@ -16,9 +16,41 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from flaxattn.layers.dilate import check_dilation, check_heads, check_kernel_size
-from flaxattn.ops.checks import check_positive
+from torch_ref._checks import check_positive
 from torch_ref._twin import Twin
+
+
+def check_kernel_size(kernel_size: int) -> None:
+    """An odd, positive window side (``nn.Unfold`` pads ``dilation * (k - 1) // 2``)."""
+    check_positive(kernel_size=kernel_size)
+    if kernel_size % 2 == 0:
+        raise ValueError(f"`kernel_size` (={kernel_size}) must be odd")
+
+
+def check_dilation(dilation: Sequence[int]) -> tuple[int, ...]:
+    """A non-empty sequence of positive dilation rates, as a tuple."""
+    if isinstance(dilation, int):
+        raise ValueError(f"`dilation` (={dilation!r}) must be a sequence of ints, e.g. [1, 2, 3]")
+    dilation = tuple(dilation)
+    if not dilation or not all(isinstance(d, int) and d > 0 for d in dilation):
+        raise ValueError(
+            f"`dilation` (={list(dilation)}) must be a non-empty list of positive ints"
+        )
+    return dilation
+
+
+def check_heads(dim: int, num_heads: int, num_groups: int | None = None) -> int:
+    """Upstream's ``head_dim = dim // num_heads``, refusing a remainder (and heads that do
+    not split into ``num_groups`` dilation groups)."""
+    check_positive(dim=dim, num_heads=num_heads)
+    if dim % num_heads:
+        raise ValueError(f"`dim` (={dim}) must be divisible by `num_heads` (={num_heads})")
+    if num_groups is not None and num_heads % num_groups:
+        raise ValueError(
+            f"`num_heads` (={num_heads}) must be a multiple of the number of dilations "
+            f"(={num_groups})"
+        )
+    return dim // num_heads
 
 
 class DropPath(nn.Module):
@@ -104,7 +136,7 @@ class MultiDilateLocalAttention(Twin):
     Deviation from upstream: upstream writes each group's output into a view of
     its input (``x[i] = ...``), which overwrites the caller's tensor and makes
     backward fail (an in-place change of a tensor saved for backward, or of a view
-    of a leaf); the blog listing's ``.detach()`` hides the error by cutting the
+    of a leaf); adding ``.detach()`` there, as some copies do, hides the error by cutting the
     gradients of ``qkv`` and of everything before it (``norm1``). Here the group
     outputs are stacked: the same forward, the input untouched, every gradient intact.
     """
@@ -132,7 +164,16 @@ class MultiDilateLocalAttention(Twin):
         self.num_dilation = len(dilation)
         self.qkv = nn.Conv2d(dim, dim * 3, 1, bias=qkv_bias)
         self.dilate_attention = nn.ModuleList(
-            [DilateAttention(head_dim, qk_scale, attn_drop, kernel_size, d) for d in dilation]
+            [
+                DilateAttention(
+                    head_dim=head_dim,
+                    qk_scale=qk_scale,
+                    attn_drop=attn_drop,
+                    kernel_size=kernel_size,
+                    dilation=d,
+                )
+                for d in dilation
+            ]
         )
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
@@ -154,12 +195,14 @@ class _Block(Twin):
 
     attn: nn.Module
 
-    def _init_common(self, dim, mlp_ratio, drop, drop_path, act_layer, norm_layer, cpe, attn):
+    def _init_common(
+        self, *, dim, mlp_ratio, drop, drop_path, act_layer, norm_layer, cpe_per_block, attn
+    ):
         check_positive(dim=dim, mlp_ratio=mlp_ratio)
         self.dim = dim
         self.mlp_ratio = mlp_ratio
-        self.cpe_per_block = cpe
-        if cpe:
+        self.cpe_per_block = cpe_per_block
+        if cpe_per_block:
             self.pos_embed = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.norm1 = norm_layer(dim)
         self.attn = attn()
@@ -221,7 +264,14 @@ class DilateBlock(_Block):
             )
 
         self._init_common(
-            dim, mlp_ratio, drop, drop_path, act_layer, norm_layer, cpe_per_block, attn
+            dim=dim,
+            mlp_ratio=mlp_ratio,
+            drop=drop,
+            drop_path=drop_path,
+            act_layer=act_layer,
+            norm_layer=norm_layer,
+            cpe_per_block=cpe_per_block,
+            attn=attn,
         )
 
 
@@ -279,9 +329,16 @@ class GlobalBlock(_Block):
 
         def attn():
             return GlobalAttention(
-                dim, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale, attn_drop=attn_drop
+                dim, num_heads=num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale, attn_drop=attn_drop
             )
 
         self._init_common(
-            dim, mlp_ratio, drop, drop_path, act_layer, norm_layer, cpe_per_block, attn
+            dim=dim,
+            mlp_ratio=mlp_ratio,
+            drop=drop,
+            drop_path=drop_path,
+            act_layer=act_layer,
+            norm_layer=norm_layer,
+            cpe_per_block=cpe_per_block,
+            attn=attn,
         )

@@ -1,4 +1,7 @@
-"""Single-head self-attention (twin of ``flaxattn.layers.self_attention``)."""
+"""Single-head self-attention (twin of ``flaxattn.layers.self_attention``).
+
+Vaswani et al., "Attention Is All You Need", NeurIPS 2017. https://arxiv.org/abs/1706.03762
+"""
 
 from __future__ import annotations
 
@@ -7,15 +10,15 @@ import math
 import torch
 from torch import nn
 
-from flaxattn.ops.checks import check_positive
+from torch_ref._checks import check_positive
 from torch_ref._twin import Twin
 
 
 class SelfAttention(Twin):
     """``softmax(q k^T / sqrt(dim_k)) v``. Shapes: ``(B, N, input_dim) -> (B, N, dim_v)``.
 
-    Deviation from the seed listing: the scale multiplies the logits before the
-    softmax (the seed multiplies the softmax output).
+    The scale multiplies the logits before the softmax, as in Vaswani et al. (Eq. 1),
+    not the softmax output.
     """
 
     def __init__(self, input_dim: int, dim_k: int, dim_v: int):

@@ -3,10 +3,10 @@
 Dosovitskiy et al., "An Image is Worth 16x16 Words: Transformers for Image
 Recognition at Scale", ICLR 2021. https://arxiv.org/abs/2010.11929
 
-The seed listing is lucidrains/vit-pytorch ``vit_pytorch/vit.py`` as released
+The default configuration is lucidrains/vit-pytorch ``vit_pytorch/vit.py`` as released
 in 0.30-0.40 (``PreNorm`` wrappers, ``mlp_head = Sequential(LayerNorm, Linear)``),
-and its state_dict keys are our canonical layout. Keyword arguments past the
-seed's (``patch_norm``, ``final_norm``, ``mean_with_cls``, ``scale``) reproduce
+and its state_dict keys are our canonical layout. Keyword arguments past
+0.40's (``patch_norm``, ``final_norm``, ``mean_with_cls``, ``scale``) reproduce
 the functions of the other vit-pytorch releases, so their checkpoints compute
 what they computed there; ``flaxattn.convert.maps.vit`` maps their key layouts.
 """
@@ -18,7 +18,7 @@ from einops import rearrange, repeat
 from einops.layers.torch import Rearrange
 from torch import nn
 
-from flaxattn.ops.checks import check_choice, check_positive
+from torch_ref._checks import check_choice, check_positive
 from torch_ref._twin import Twin
 
 
@@ -159,7 +159,7 @@ class ViT(Twin):
       patch_norm: LayerNorms before and after the patch projection (dual
         PatchNorm, vit-pytorch 1.0 and later).
       final_norm: ``'pooled'``: the head is ``Sequential(LayerNorm, Linear)`` on
-        the pooled token (the seed, vit-pytorch before 1.4); ``'tokens'``:
+        the pooled token (vit-pytorch before 1.4); ``'tokens'``:
         ``transformer.norm`` normalises every token and the head is a Linear
         (vit-pytorch 1.4 and later). Equal functions for ``pool='cls'``.
       mean_with_cls: with ``pool='mean'``, keep a cls token in the sequence and

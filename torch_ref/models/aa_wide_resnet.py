@@ -16,11 +16,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flaxattn.layers.aa_conv import map_shape
-from flaxattn.models.aa_wide_resnet import strided_shape, wrn_stages
-from flaxattn.ops.checks import check_choice, check_positive
+from torch_ref._checks import check_choice, check_positive
 from torch_ref._twin import Twin
-from torch_ref.layers.aa_conv import AugmentedConv
+from torch_ref.layers.aa_conv import AugmentedConv, map_shape
+
+
+def conv3x3_out(shape: tuple[int, int], stride: int) -> tuple[int, int]:
+    """Map size after a 3x3 convolution with padding 1: torch's ``(n + 2p - k) // s + 1``."""
+    return tuple((n + 2 * 1 - 3) // stride + 1 for n in shape)
+
+
+def wrn_stages(depth: int, widen_factor: int) -> tuple[int, list[int]]:
+    """Upstream's ``(depth - 4) / 6`` blocks per stage and widths ``[20, 20k, 40k, 60k]``."""
+    check_positive(widen_factor=widen_factor)
+    if depth < 10 or (depth - 4) % 6:
+        raise ValueError(f"`depth` (={depth}) must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...)")
+    k = widen_factor
+    return (depth - 4) // 6, [20, 20 * k, 40 * k, 60 * k]
 
 
 class WideBasic(Twin):
@@ -46,7 +58,7 @@ class WideBasic(Twin):
         super().__init__()
         check_positive(in_planes=in_planes, planes=planes)
         hw = map_shape(in_shape, True)
-        out_hw = strided_shape(hw, stride)
+        out_hw = conv3x3_out(hw, stride)
         aa = dict(kernel_size=3, dk=k * planes, dv=int(v * planes), Nh=Nh, relative=True)
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = AugmentedConv(in_planes, planes, shape=hw, **aa)
@@ -103,7 +115,7 @@ class AAWideResNet(Twin):
         n, widths = wrn_stages(depth, widen_factor)
         check_positive(num_classes=num_classes, in_channels=in_channels)
         check_choice("stem_stride", stem_stride, (1, 2))
-        hw = strided_shape(map_shape(shape, True), stem_stride)
+        hw = conv3x3_out(map_shape(shape, True), stem_stride)
         self.shape = hw
         self.conv1 = AugmentedConv(
             in_channels, widths[0], 3, 2 * widths[0], int(0.2 * widths[0]), 4, hw, True, stem_stride
@@ -113,7 +125,7 @@ class AAWideResNet(Twin):
             blocks = []
             for s in [stride] + [1] * (n - 1):
                 blocks.append(WideBasic(in_planes, planes, dropout_rate, hw, s))
-                in_planes, hw = planes, strided_shape(hw, s)
+                in_planes, hw = planes, conv3x3_out(hw, s)
             setattr(self, f"layer{i + 1}", nn.Sequential(nn.Sequential(*blocks)))
         self.bn1 = nn.BatchNorm2d(widths[3], momentum=0.9)
         self.linear = nn.Linear(widths[3], num_classes)

@@ -13,8 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from flaxattn.models.acmix_resnet import _check_resnet_args
-from flaxattn.ops.checks import check_positive
+from torch_ref._checks import check_choice, check_positive
 from torch_ref._twin import Twin
 from torch_ref.layers.acmix import ACmix
 
@@ -74,6 +73,22 @@ class Bottleneck(Twin):
         if self.downsample is not None:
             identity = self.downsample(x)
         return self.relu(out + identity)
+
+
+def _check_resnet_args(
+    layers, num_classes, replace_stride_with_dilation, in_channels, stem, base_planes
+) -> tuple[int, ...]:
+    layers = tuple(layers)
+    if len(layers) != 4 or any(not isinstance(n, int) or n < 1 for n in layers):
+        raise ValueError(f"`layers` (={layers}) must be 4 positive block counts")
+    check_positive(num_classes=num_classes, in_channels=in_channels, base_planes=base_planes)
+    check_choice("stem", stem, ("imagenet", "cifar"))
+    if replace_stride_with_dilation is not None and len(replace_stride_with_dilation) != 3:
+        raise ValueError(
+            f"`replace_stride_with_dilation` (={replace_stride_with_dilation}) must be None "
+            "or 3 flags"
+        )
+    return layers
 
 
 class ACmixResNet(Twin):

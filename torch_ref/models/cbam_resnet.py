@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from flaxattn.ops.checks import check_positive
+from torch_ref._checks import check_positive
 from torch_ref._twin import Twin
 from torch_ref.layers.cbam import ResBlockCBAM
 

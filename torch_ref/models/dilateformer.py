@@ -15,17 +15,104 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from flaxattn.models.dilateformer import (
-    MERGING_WAYS,
-    PATCH_WAYS,
-    _drop_rates,
-    _pair,
-    check_stages,
-    feature_sizes,
-)
-from flaxattn.ops.checks import check_choice, check_positive
+from torch_ref._checks import check_choice, check_positive
 from torch_ref._twin import Twin
-from torch_ref.layers.dilate import DilateBlock, GlobalBlock
+from torch_ref.layers.dilate import (
+    DilateBlock,
+    GlobalBlock,
+    check_dilation,
+    check_heads,
+    check_kernel_size,
+)
+
+PATCH_WAYS = ("overlaping", "nonoverlaping", "pointconv")
+MERGING_WAYS = ("conv3_2", "conv2_2", "avgpool3_2", "avgpool2_2")
+# (kernel, stride, padding) of the convolutions that change the map size, as upstream
+# builds them: the stems' four convs, and the merging conv or pool of each way.
+STEM_CONVS = {
+    "overlaping": ((3, 1, 1), (3, 2, 1), (3, 1, 1), (3, 2, 1)),
+    "pointconv": ((3, 2, 1), (1, 1, 0), (3, 2, 1), (1, 1, 0)),
+}
+MERGING_CONV = {
+    "conv3_2": (3, 2, 1),
+    "avgpool3_2": (3, 2, 1),
+    "conv2_2": (2, 2, 0),
+    "avgpool2_2": (2, 2, 0),
+}
+
+
+def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) and v > 0 for v in pair):
+        raise ValueError(f"`{name}` (={value!r}) must be a positive int or a pair of them")
+    return pair
+
+
+def _conv_out(n: int, kernel: int, stride: int, padding: int) -> int:
+    """torch's output size of a convolution or pool (``ceil_mode=False``)."""
+    return (n + 2 * padding - kernel) // stride + 1
+
+
+def feature_sizes(
+    size: tuple[int, int],
+    *,
+    patch_size: int | Sequence[int] = 4,
+    patch_way: str = "overlaping",
+    merging_way: str = "conv3_2",
+    downsamples: Sequence[bool] = (True, True, True, False),
+    what: str | None = None,
+) -> list[tuple[int, int]]:
+    """The ``(H, W)`` of each stage's map, from the size formula of every conv on the way.
+
+    Raises ``ValueError`` naming the size (as ``what`` when given) and the stage, where a
+    map would come out empty (upstream fails inside the convolution instead).
+    """
+    h, w = size
+    label = what or f"an input of size {h}x{w}"
+    if h < 1 or w < 1:
+        raise ValueError(f"{label} is empty")
+    if patch_way == "nonoverlaping":
+        ph, pw = _pair(patch_size, "patch_size")
+        if h < ph or w < pw:
+            raise ValueError(
+                f"{label} is smaller than one {ph}x{pw} patch (patch_way 'nonoverlaping')"
+            )
+        h, w = _conv_out(h, ph, ph, 0), _conv_out(w, pw, pw, 0)
+    else:
+        for k, s, p in STEM_CONVS[patch_way]:
+            h, w = _conv_out(h, k, s, p), _conv_out(w, k, s, p)
+    sizes = [(h, w)]
+    k, s, p = MERGING_CONV[merging_way]
+    for i, down in enumerate(downsamples[:-1]):
+        if down:
+            out_h, out_w = _conv_out(h, k, s, p), _conv_out(w, k, s, p)
+            if out_h < 1 or out_w < 1:
+                raise ValueError(
+                    f"{label} gives stage {i} a {h}x{w} map, which merging_way "
+                    f"{merging_way!r} ({k}x{k}, stride {s}) cannot merge: stage {i + 1}'s map "
+                    "would be empty"
+                )
+            h, w = out_h, out_w
+        sizes.append((h, w))
+    return sizes
+
+
+def check_stages(embed_dim, num_heads, kernel_size, dilation, dilate_attention) -> None:
+    """Every stage's width ``embed_dim * 2**i`` splits into its heads (and dilation groups)."""
+    dilation = check_dilation(dilation)
+    if any(dilate_attention):
+        check_kernel_size(kernel_size)
+    for i, (heads, dilated) in enumerate(zip(num_heads, dilate_attention, strict=True)):
+        check_heads(int(embed_dim * 2**i), heads, len(dilation) if dilated else None)
+
+
+def _drop_rates(drop_path: float | Sequence[float], depth: int) -> list[float]:
+    if isinstance(drop_path, (int, float)):
+        return [float(drop_path)] * depth
+    rates = [float(r) for r in drop_path]
+    if len(rates) != depth:
+        raise ValueError(f"`drop_path` (={rates}) must be a float or a list of `depth` (={depth})")
+    return rates
 
 
 class PatchEmbed(Twin):
@@ -134,7 +221,12 @@ class _Stage(Twin):
 
     def _downsample(self, dim, downsample, merging_way, cpe_per_stage):
         self.downsample = (
-            PatchMerging(dim, int(dim * 2), merging_way, cpe_per_stage)
+            PatchMerging(
+                in_channels=dim,
+                out_channels=int(dim * 2),
+                merging_way=merging_way,
+                cpe_per_stage=cpe_per_stage,
+            )
             if downsample
             else nn.Identity()
         )
@@ -168,19 +260,19 @@ class DilateStage(_Stage):
         self.blocks = nn.ModuleList(
             [
                 DilateBlock(
-                    dim,
-                    num_heads,
-                    mlp_ratio,
-                    qkv_bias,
-                    qk_scale,
-                    drop,
-                    attn_drop,
-                    rate,
-                    act_layer,
-                    norm_layer,
-                    kernel_size,
-                    dilation,
-                    cpe_per_block,
+                    dim=dim,
+                    num_heads=num_heads,
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    qk_scale=qk_scale,
+                    drop=drop,
+                    attn_drop=attn_drop,
+                    drop_path=rate,
+                    act_layer=act_layer,
+                    norm_layer=norm_layer,
+                    kernel_size=kernel_size,
+                    dilation=dilation,
+                    cpe_per_block=cpe_per_block,
                 )
                 for rate in _drop_rates(drop_path, depth)
             ]
@@ -214,17 +306,17 @@ class GlobalStage(_Stage):
         self.blocks = nn.ModuleList(
             [
                 GlobalBlock(
-                    dim,
-                    num_heads,
-                    mlp_ratio,
-                    qkv_bias,
-                    qk_scale,
-                    drop,
-                    attn_drop,
-                    rate,
-                    act_layer,
-                    norm_layer,
-                    cpe_per_block,
+                    dim=dim,
+                    num_heads=num_heads,
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    qk_scale=qk_scale,
+                    drop=drop,
+                    attn_drop=attn_drop,
+                    drop_path=rate,
+                    act_layer=act_layer,
+                    norm_layer=norm_layer,
+                    cpe_per_block=cpe_per_block,
                 )
                 for rate in _drop_rates(drop_path, depth)
             ]
@@ -332,9 +424,16 @@ class DilateFormer(Twin):
             )
             dim = int(embed_dim * 2**i)
             if dilate_attention[i]:
-                stage = DilateStage(dim, depths[i], num_heads[i], kernel_size, dilation, **common)
+                stage = DilateStage(
+                    dim=dim,
+                    depth=depths[i],
+                    num_heads=num_heads[i],
+                    kernel_size=kernel_size,
+                    dilation=dilation,
+                    **common,
+                )
             else:
-                stage = GlobalStage(dim, depths[i], num_heads[i], **common)
+                stage = GlobalStage(dim=dim, depth=depths[i], num_heads=num_heads[i], **common)
             self.stages.append(stage)
         self.norm = norm_layer(self.num_features)
         self.avgpool = nn.AdaptiveAvgPool1d(1)

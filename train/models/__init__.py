@@ -9,13 +9,13 @@ model is smoke-tested (a few steps lower the loss) by ``tests/test_train_smoke.p
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 from collections.abc import Callable
 from typing import Any
 
 import jax.numpy as jnp
 from flax import nnx
+
+from flaxattn.registry import Registry, resolve
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,23 +50,16 @@ class ModelSpec:
     train: dict = dataclasses.field(default_factory=dict)
 
 
-MODELS: dict[str, ModelSpec] = {}
+MODELS: Registry[ModelSpec] = Registry("model", "train.models")
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:
-    if spec.name in MODELS:
-        raise ValueError(f"model {spec.name!r} is registered twice")
-    MODELS[spec.name] = spec
-    return spec
+    return MODELS.add(spec.name, spec)
 
 
 def load_all() -> dict[str, ModelSpec]:
     """Import every ``train/models/<family>.py`` (each registers its models)."""
-    from train import models
-
-    for info in pkgutil.iter_modules(models.__path__):
-        importlib.import_module(f"train.models.{info.name}")
-    return MODELS
+    return MODELS.load_all()
 
 
 def get_model(name: str) -> ModelSpec:
@@ -76,18 +69,13 @@ def get_model(name: str) -> ModelSpec:
     return models[name]
 
 
-def _resolve(root: str, path: str):
-    *mods, name = path.split(".")
-    return getattr(importlib.import_module(".".join([root, *mods])), name)
-
-
 def model_kwargs(spec: ModelSpec, info: DataInfo, overrides: dict | None = None) -> dict:
     kwargs = dict(spec.kwargs(info))
     for key, value in (overrides or {}).items():
-        if key not in kwargs and key not in _init_params(_resolve("flaxattn", spec.cls)):
+        if key not in kwargs and key not in _init_params(resolve(spec.cls, "flaxattn")):
             raise ValueError(
                 f"`--set {key}=...`: {spec.cls} has no argument {key!r}; "
-                f"its arguments are {sorted(_init_params(_resolve('flaxattn', spec.cls)))}"
+                f"its arguments are {sorted(_init_params(resolve(spec.cls, 'flaxattn')))}"
             )
         kwargs[key] = value
     return kwargs
@@ -109,7 +97,7 @@ def build_flax(
     dtype: Any = None,
     param_dtype: Any = jnp.float32,
 ) -> nnx.Module:
-    cls = _resolve("flaxattn", spec.cls)
+    cls = resolve(spec.cls, "flaxattn")
     return cls(
         **model_kwargs(spec, info, overrides), dtype=dtype, param_dtype=param_dtype, rngs=rngs
     )
@@ -117,4 +105,4 @@ def build_flax(
 
 def build_torch(spec: ModelSpec, info: DataInfo, overrides: dict | None = None):
     """The torch_ref twin with the same configuration (imports torch)."""
-    return _resolve("torch_ref", spec.cls)(**model_kwargs(spec, info, overrides))
+    return resolve(spec.cls, "torch_ref")(**model_kwargs(spec, info, overrides))

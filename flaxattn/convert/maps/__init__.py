@@ -4,8 +4,6 @@ Importing this package registers them all: every module in this folder is
 imported, so a family adds its file here and nothing else.
 """
 
-import importlib
-import pkgutil
+from flaxattn.registry import import_submodules
 
-for _info in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_info.name}")
+import_submodules(__name__)

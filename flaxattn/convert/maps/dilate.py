@@ -19,8 +19,8 @@ from flax import nnx
 
 from flaxattn.convert.builders import register_builder, register_kwargs_adapter
 from flaxattn.layers import dilate as fl
+from flaxattn.layers.basic import BatchNorm2d, LayerNorm, gelu
 from flaxattn.models import dilateformer as fm
-from flaxattn.ops.nn import BatchNorm2d, LayerNorm, gelu
 
 _ACTIVATIONS: dict[str, Callable] = {
     "GELU": gelu,

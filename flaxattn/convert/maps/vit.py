@@ -1,6 +1,6 @@
 """ViT: the vit-pytorch builder and key layouts of every vit-pytorch release.
 
-Our canonical layout is the seed's, vit-pytorch 0.10-0.40 (``PreNorm``
+Our canonical layout is vit-pytorch 0.10-0.40's (``PreNorm``
 wrappers, ``mlp_head.0`` LayerNorm + ``mlp_head.1`` Linear); with
 ``patch_norm=True`` it is also 1.0-1.3's (``to_patch_embedding.1/.2/.3``).
 The other releases, read off the history of ``vit_pytorch/vit.py``:

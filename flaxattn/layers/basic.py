@@ -1,4 +1,5 @@
-"""PyTorch-compatible building blocks for Flax NNX.
+"""PyTorch-compatible building blocks for Flax NNX: Linear, Conv2d, LayerNorm, BatchNorm,
+DropPath, Dropout (and ``gelu``).
 
 Each layer takes PyTorch's argument names and defaults and initialises its
 parameters the way PyTorch does (kaiming-uniform with ``a=sqrt(5)``, i.e.
@@ -13,7 +14,6 @@ PyTorch's (``weight``, ``bias``) and re-lays them out.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 
@@ -23,6 +23,12 @@ import numpy as np
 from flax import nnx
 
 from flaxattn.ops.checks import check_positive
+from flaxattn.ops.dropout import keep_mask
+from flaxattn.ops.init import (
+    constant_init,
+    on_device,
+    torch_uniform_init,
+)
 
 Dtype = jnp.dtype | type | None
 
@@ -34,82 +40,6 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     if len(value) != 2 or not all(isinstance(v, int) for v in value):
         raise ValueError(f"`{name}` (={value!r}) must be an int or a pair of ints")
     return value
-
-
-# Parameter initialisation runs eagerly, and an eager jax.random call compiles one
-# kernel per parameter shape (0.2-1 s each on CPU: a model with 60 shapes took
-# 10-60 s to build, most of it compiling). The draws below come in fixed-size
-# chunks from one compiled kernel per distribution and dtype, and are cut to
-# shape on the host; constants are made on the host. Under a trace (nnx.jit,
-# nnx.eval_shape) they fall back to plain jax.random.
-_CHUNK = 1 << 16
-
-
-@functools.partial(jax.jit, static_argnums=(2,))
-def _uniform_chunk(key: jax.Array, index: jax.Array, dtype) -> jax.Array:
-    return jax.random.uniform(jax.random.fold_in(key, index), (_CHUNK,), dtype)
-
-
-@functools.partial(jax.jit, static_argnums=(4,))
-def _truncated_normal_chunk(key: jax.Array, index: jax.Array, lower, upper, dtype) -> jax.Array:
-    return jax.random.truncated_normal(
-        jax.random.fold_in(key, index), lower, upper, (_CHUNK,), dtype
-    )
-
-
-def _host_draw(draw, key: jax.Array, shape: Sequence[int], dtype) -> np.ndarray:
-    size = math.prod(shape)
-    wide = jnp.promote_types(dtype, jnp.float32)
-    chunks = [np.asarray(draw(key, i, wide)) for i in range(-(-size // _CHUNK))]
-    return np.concatenate(chunks)[:size].astype(np.float64).reshape(shape)
-
-
-def _on_device(value: np.ndarray, dtype) -> jax.Array:
-    # Cast on the host: jnp.asarray(x, dtype) would compile a convert per shape.
-    return jnp.asarray(np.asarray(value, dtype=jnp.dtype(dtype)))
-
-
-def _traced(key) -> bool:
-    return isinstance(key, jax.core.Tracer)
-
-
-def torch_uniform_init(fan_in: int) -> nnx.Initializer:
-    """PyTorch's default init for Linear/Conv weights and biases: ``U(-1/sqrt(fan_in), ...)``."""
-    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-
-    def init(key, shape, dtype=jnp.float32):
-        if _traced(key) or math.prod(shape) == 0:
-            return jax.random.uniform(key, shape, dtype, -bound, bound)
-        u = _host_draw(_uniform_chunk, key, shape, dtype)
-        return _on_device((2.0 * u - 1.0) * bound, dtype)
-
-    return init
-
-
-def trunc_normal_init(std: float = 1.0, a: float = -2.0, b: float = 2.0) -> nnx.Initializer:
-    """``timm``/``torch.nn.init.trunc_normal_(w, std=std, a=a, b=b)``: N(0, std) cut at the
-    *absolute* bounds ``[a, b]`` (with ``std=0.02`` that is +-100 std: a plain normal)."""
-
-    def init(key, shape, dtype=jnp.float32):
-        lo, hi = a / std, b / std
-        if _traced(key) or math.prod(shape) == 0:
-            return std * jax.random.truncated_normal(key, lo, hi, shape, dtype)
-
-        def draw(k, i, d):
-            return _truncated_normal_chunk(k, i, lo, hi, d)
-
-        return _on_device(std * _host_draw(draw, key, shape, dtype), dtype)
-
-    return init
-
-
-def constant_init(value: float) -> nnx.Initializer:
-    """``value`` everywhere, made on the host (no per-shape compile)."""
-
-    def init(key, shape, dtype=jnp.float32):
-        return _on_device(np.full(shape, value), dtype)
-
-    return init
 
 
 class Linear(nnx.Linear):
@@ -296,15 +226,15 @@ class BatchNorm(nnx.Module):
         self.use_running_average = use_running_average
         self.dtype = dtype
         if affine:
-            self.scale = nnx.Param(_on_device(np.ones(num_features), param_dtype))
-            self.bias = nnx.Param(_on_device(np.zeros(num_features), param_dtype))
+            self.scale = nnx.Param(on_device(np.ones(num_features), param_dtype))
+            self.bias = nnx.Param(on_device(np.zeros(num_features), param_dtype))
         else:
             self.scale = nnx.data(None)
             self.bias = nnx.data(None)
         if track_running_stats:
-            self.mean = nnx.BatchStat(_on_device(np.zeros(num_features), param_dtype))
-            self.var = nnx.BatchStat(_on_device(np.ones(num_features), param_dtype))
-            self.num_batches_tracked = nnx.BatchStat(_on_device(np.zeros(()), jnp.int32))
+            self.mean = nnx.BatchStat(on_device(np.zeros(num_features), param_dtype))
+            self.var = nnx.BatchStat(on_device(np.ones(num_features), param_dtype))
+            self.num_batches_tracked = nnx.BatchStat(on_device(np.zeros(()), jnp.int32))
         else:
             self.mean = nnx.data(None)
             self.var = nnx.data(None)
@@ -380,3 +310,34 @@ class DropPath(nnx.Module):
 def gelu(x: jax.Array) -> jax.Array:
     """``torch.nn.GELU()``: the exact erf form (Flax's default is the tanh approximation)."""
     return jax.nn.gelu(x, approximate=False)
+
+
+class Dropout(nnx.Dropout):
+    """``nnx.Dropout`` (same arguments, state and train/eval behaviour) with masks
+    from :func:`flaxattn.ops.dropout.keep_mask` instead of threefry ``bernoulli``.
+
+    Shapes: any ``x -> x``; in train mode entries are zeroed with probability
+    ``rate`` and the rest scaled by ``1 / (1 - rate)``.
+    """
+
+    def __call__(self, inputs, *, deterministic: bool | None = None, rngs=None):
+        deterministic = self.deterministic if deterministic is None else deterministic
+        if self.rate == 0.0 or deterministic:
+            return inputs
+        if self.rate == 1.0:  # no NaN gradients from 0 / 0
+            return jnp.zeros_like(inputs)
+        rngs = self.rngs if rngs is None else rngs
+        if rngs is None:
+            raise ValueError("Dropout: `deterministic` is False but no `rngs` were given")
+        if isinstance(rngs, nnx.Rngs):
+            key = rngs[self.rng_collection]()
+        elif isinstance(rngs, nnx.RngStream):
+            key = rngs()
+        else:
+            key = rngs
+        keep_prob = 1.0 - self.rate
+        shape = list(inputs.shape)
+        for dim in self.broadcast_dims:
+            shape[dim] = 1
+        mask = jnp.broadcast_to(keep_mask(key, keep_prob, shape), inputs.shape)
+        return jnp.where(mask, inputs / keep_prob, jnp.zeros_like(inputs))

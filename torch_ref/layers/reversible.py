@@ -1,4 +1,4 @@
-"""Reversible residual sequences (twin of ``flaxattn.ops.reversible``).
+"""Reversible residual sequences (twin of ``flaxattn.layers.reversible``).
 
 Gomez et al., "The Reversible Residual Network: Backpropagation Without Storing
 Activations", NeurIPS 2017. https://arxiv.org/abs/1707.04585

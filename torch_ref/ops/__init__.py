@@ -1,1 +1,0 @@
-"""PyTorch twins of ``flaxattn.ops`` helpers that hold modules."""
