@@ -230,7 +230,8 @@ def _shift_conv_fwd(f, kernel, stride):
     fp = jnp.pad(f, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0), (0, 0)))
     out_hw = ((h - 1) // stride + 1, (w - 1) // stride + 1)
     out = _shift_conv_forward(fp, wg, stride, out_hw)
-    return out.reshape(out.shape[:3] + (-1,)), (fp, wg)
+    # An explicit size, not -1: jnp cannot infer -1 for an empty batch.
+    return out.reshape(out.shape[:3] + (math.prod(out.shape[3:]),)), (fp, wg)
 
 
 def _shift_conv_bwd(stride, res, gout):

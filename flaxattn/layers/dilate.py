@@ -41,7 +41,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from flaxattn.ops.checks import check_input, check_positive
+from flaxattn.ops.checks import check_input, check_positive, check_positive_number
 from flaxattn.ops.dropout import Dropout
 from flaxattn.ops.local import shifted_windows
 from flaxattn.ops.nn import Conv2d, DropPath, Dtype, LayerNorm, Linear, gelu
@@ -540,7 +540,8 @@ class _Block(nnx.Module):
     attn: nnx.Module
 
     def _init_common(self, dim, mlp_ratio, drop, drop_path, act_layer, norm_layer, cpe, attn, kw):
-        check_positive(dim=dim, mlp_ratio=mlp_ratio)
+        check_positive(dim=dim)
+        check_positive_number(mlp_ratio=mlp_ratio)
         self.dim = dim
         self.cpe_per_block = cpe
         self.pos_embed = DepthwiseConv2d(dim, 3, **kw) if cpe else nnx.data(None)

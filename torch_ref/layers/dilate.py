@@ -18,6 +18,7 @@ from torch import nn
 
 from flaxattn.layers.dilate import check_dilation, check_heads, check_kernel_size
 from flaxattn.ops.checks import check_positive
+from torch_ref._checks import check_positive_number, check_rate
 from torch_ref._twin import Twin
 
 
@@ -26,8 +27,7 @@ class DropPath(nn.Module):
 
     def __init__(self, drop_prob: float = 0.0):
         super().__init__()
-        if not 0.0 <= drop_prob < 1.0:
-            raise ValueError(f"`drop_prob` (={drop_prob}) must be in [0, 1)")
+        check_rate(drop_prob=drop_prob)
         self.drop_prob = drop_prob
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -155,7 +155,8 @@ class _Block(Twin):
     attn: nn.Module
 
     def _init_common(self, dim, mlp_ratio, drop, drop_path, act_layer, norm_layer, cpe, attn):
-        check_positive(dim=dim, mlp_ratio=mlp_ratio)
+        check_positive(dim=dim)
+        check_positive_number(mlp_ratio=mlp_ratio)
         self.dim = dim
         self.mlp_ratio = mlp_ratio
         self.cpe_per_block = cpe

@@ -24,6 +24,7 @@ from flaxattn.models.dilateformer import (
     feature_sizes,
 )
 from flaxattn.ops.checks import check_choice, check_positive
+from torch_ref._checks import check_int, check_rate
 from torch_ref._twin import Twin
 from torch_ref.layers.dilate import DilateBlock, GlobalBlock
 
@@ -287,10 +288,10 @@ class DilateFormer(Twin):
                 "last (each stage is twice as wide as the one before) and False for the last"
             )
         check_positive(in_chans=in_chans, embed_dim=embed_dim)
+        check_int(num_classes=num_classes)
         if num_classes < 0:
             raise ValueError(f"`num_classes` (={num_classes}) must be positive, or 0 for no head")
-        if not 0.0 <= drop_path < 1.0:
-            raise ValueError(f"`drop_path` (={drop_path}) must be in [0, 1)")
+        check_rate(drop_path=drop_path)
         check_choice("merging_way", merging_way, MERGING_WAYS)
         check_choice("patch_way", patch_way, PATCH_WAYS)
         check_stages(embed_dim, num_heads, kernel_size, dilation, dilate_attention)
