@@ -158,6 +158,13 @@ FILE_ERRORS = [
         r"not tensors under keys \['step'\]",
     ),
     (
+        "int-keys",
+        "w.pt",
+        lambda p: torch.save({0: torch.ones(1), "b": torch.ones(1)}, p),
+        WeightFileError,
+        r"keys that are not strings: \[0\]",
+    ),
+    (
         "no-tensors-npz",
         "w.npz",
         lambda p: np.savez(p),

@@ -128,6 +128,9 @@ def _read_torch(path: Path, head: bytes) -> dict[str, np.ndarray]:
             path, f"is truncated, corrupt or not a torch weight file ({_first_line(e)})"
         ) from None
     sd = _unwrap(obj, path)
+    not_str = [k for k in sd if not isinstance(k, str)]
+    if not_str:
+        raise WeightFileError(path, f"its state_dict has keys that are not strings: {not_str[:20]}")
     others = sorted(str(k) for k, v in sd.items() if not _is_tensor(v))
     if others:
         raise WeightFileError(
