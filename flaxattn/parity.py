@@ -37,6 +37,7 @@ import argparse
 import copy
 import dataclasses
 import functools
+import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -53,7 +54,6 @@ from flaxattn.convert import (
     to_torch_state_dict,
     torch_layout,
 )
-from flaxattn.registry import resolve
 
 TOLERANCES = {
     "float64": {"rtol": 1e-9, "atol": 1e-12},
@@ -571,29 +571,101 @@ def compare_results(
 # --- command line ---------------------------------------------------------------------------
 
 
+class UsageError(ValueError):
+    """A user mistake on the ``flaxattn-parity`` command line: one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints usage + message; one line is enough
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return "; ".join(lines) or type(e).__name__
+
+
 def _resolve(spec: str):
-    """``pkg.mod:Class`` or ``pkg.Class`` -> the class (:func:`flaxattn.registry.resolve`)."""
-    return resolve(spec)
+    """``pkg.mod:Class`` or ``pkg.Class`` -> the ``torch.nn.Module`` subclass."""
+    import torch
+
+    if ":" in spec:
+        mod, _, name = spec.partition(":")
+    else:
+        mod, _, name = spec.rpartition(".")
+    if not mod or not name or not all(p.isidentifier() for p in [*mod.split("."), name]):
+        raise UsageError(f"`module` (={spec!r}) must be 'package.module:Class' or 'package.Class'")
+    try:
+        module = importlib.import_module(mod)
+    except ImportError as e:
+        raise UsageError(f"`module` (={spec!r}): cannot import {mod!r}: {_one_line(e)}") from e
+    except Exception as e:  # the user's module raised while importing
+        raise UsageError(
+            f"`module` (={spec!r}): importing {mod!r} raised {type(e).__name__}: {_one_line(e)}"
+        ) from e
+    if not hasattr(module, name):
+        raise UsageError(f"`module` (={spec!r}): {mod!r} has no attribute {name!r}")
+    cls = getattr(module, name)
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise UsageError(
+            f"`module` (={spec!r}) must name a torch.nn.Module class, got the "
+            f"{type(cls).__name__} {getattr(cls, '__qualname__', type(cls).__qualname__)}"
+        )
+    return cls
 
 
 def _shape(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(v) for v in text.split(","))
+        shape = tuple(int(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"`--shape` (={text!r}) must be integers separated by commas"
         ) from None
+    if any(v <= 0 for v in shape):
+        raise argparse.ArgumentTypeError(f"`--shape` (={text!r}) must be positive integers")
+    return shape
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``flaxattn-parity``: check a torch module class against its Flax twin and print the table."""
-    p = argparse.ArgumentParser(
+def _kwargs(text: str) -> dict:
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"`--kwargs` (={text!r}) is not JSON: {e}") from None
+    if not isinstance(kwargs, dict):
+        raise argparse.ArgumentTypeError(
+            f"`--kwargs` (={text!r}) must be a JSON object, got {type(kwargs).__name__}"
+        )
+    return kwargs
+
+
+def _number(name: str, *, low: float, kind: type = float, strict: bool = False):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"`{name}` (={text!r}) must be {'an integer' if kind is int else 'a number'}"
+            ) from None
+        if not (value > low if strict else value >= low):  # also refuses NaN
+            raise argparse.ArgumentTypeError(
+                f"`{name}` (={text!r}) must be {'>' if strict else '>='} {low:g}"
+            )
+        if kind is float and value == float("inf"):
+            raise argparse.ArgumentTypeError(f"`{name}` (={text!r}) must be finite")
+        return value
+
+    return parse
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(
         prog="flaxattn-parity",
         description="Compare a PyTorch module with its flaxattn twin: outputs, input and "
-        "parameter gradients, and (train mode) buffers.",
+        "parameter gradients, and (train mode) buffers. Exit status: 0 parity holds, "
+        "1 parity fails, 2 a usage error (bad module, --kwargs or --shape).",
     )
     p.add_argument("module", help="torch class, e.g. torch_ref.CBAM or mypkg.blocks:MyBlock")
-    p.add_argument("--kwargs", default="{}", help="constructor kwargs as JSON")
+    p.add_argument("--kwargs", type=_kwargs, default={}, help="constructor kwargs as JSON")
     p.add_argument(
         "--shape",
         type=_shape,
@@ -603,40 +675,74 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--dtype", choices=list(TOLERANCES), default="float64")
     p.add_argument("--mode", choices=["eval", "train"], default="eval")
-    p.add_argument("--steps", type=int, default=1)
-    p.add_argument("--rtol", type=float)
-    p.add_argument("--atol", type=float)
+    p.add_argument("--steps", type=_number("--steps", low=1, kind=int), default=1)
+    p.add_argument("--rtol", type=_number("--rtol", low=0))
+    p.add_argument("--atol", type=_number("--atol", low=0))
     p.add_argument(
         "--perturb",
-        type=float,
+        type=_number("--perturb", low=0),
         default=0.1,
         help="noise added to the torch weights first (0 to keep them)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_number("--seed", low=0, kind=int), default=0)
     p.add_argument("--layout", choices=LAYOUTS, default="auto")
-    args = p.parse_args(argv)
+    p.add_argument("--debug", action="store_true", help="show the traceback of a usage error")
+    return p
 
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
+    cls = _resolve(args.module)
     torch.manual_seed(args.seed)
-    module = _resolve(args.module)(**json.loads(args.kwargs))
-    report = check_parity(
-        module,
-        input_shapes=args.shape,
-        layouts=args.layout,
-        out_layouts=args.layout,
-        dtype=args.dtype,
-        mode=args.mode,
-        steps=args.steps,
-        rtol=args.rtol,
-        atol=args.atol,
-        perturb=args.perturb,
-        seed=args.seed,
-        name=args.module,
-    )
-    print(report.table())
-    print("PASS" if report.ok else "FAIL")
+    described = f"{args.module}(**{json.dumps(args.kwargs)})"
+    try:
+        module = cls(**args.kwargs)
+    except Exception as e:  # TypeError (unknown argument) or the constructor's ValueError
+        raise UsageError(
+            f"`--kwargs` (={json.dumps(args.kwargs)}) rejected by {args.module}: "
+            f"{type(e).__name__}: {_one_line(e)}"
+        ) from e
+    try:
+        report = check_parity(
+            module,
+            input_shapes=args.shape,
+            layouts=args.layout,
+            out_layouts=args.layout,
+            dtype=args.dtype,
+            mode=args.mode,
+            steps=args.steps,
+            rtol=args.rtol,
+            atol=args.atol,
+            perturb=args.perturb,
+            seed=args.seed,
+            name=args.module,
+        )
+    except Exception as e:  # no Flax twin, or inputs the module refuses
+        shapes = " ".join(f"--shape {','.join(map(str, s))}" for s in args.shape)
+        raise UsageError(
+            f"cannot check {described} on {shapes}: {type(e).__name__}: {_one_line(e)}"
+        ) from e
+    sys.stdout.write(report.table() + "\n" + ("PASS" if report.ok else "FAIL") + "\n")
     return 0 if report.ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``flaxattn-parity``: check a torch module class against its Flax twin and print the table.
+
+    Returns 0 when parity holds, 1 when it fails and 2 for a usage error, which is
+    printed as one line on stderr (``--debug`` shows its traceback instead).
+    """
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except UsageError as e:
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
+        sys.stderr.write(f"flaxattn-parity: error: {e}\n")
+        return 2
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from flaxattn.convert.values import check_values
+
 Array = np.ndarray
 Transform = Callable[[Array], Array]
 
@@ -248,6 +250,7 @@ def load_state_dict(
     *,
     strict: bool = True,
     layout: str | None = None,
+    allow_non_finite: bool = False,
 ) -> list[str]:
     """Load a PyTorch state_dict into ``module`` in place.
 
@@ -262,14 +265,19 @@ def load_state_dict(
       state_dict: PyTorch-named tensors.
       strict: raise on missing or unexpected keys (shape mismatches always raise).
       layout: force a registered layout by name (``"canonical"`` for ours).
+      allow_non_finite: accept NaN/inf values (refused by default, naming the keys).
 
     Returns:
       The missing keys (only non-empty when ``strict=False``).
 
     Raises:
       ConversionError: listing every missing, unexpected and mis-shaped key.
+      ValueError: complex or non-numeric values, or NaN/inf ones unless ``allow_non_finite``.
     """
     sd = {k: to_numpy(v) for k, v in state_dict.items()}
+    check_values(
+        sd, where=f"load_state_dict into {type(module).__name__}", allow_non_finite=allow_non_finite
+    )
     maps = tensor_maps(module)
     canonical = {m.torch_key for m in maps}
     target = type(module).__name__

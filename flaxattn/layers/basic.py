@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from flaxattn.ops.checks import check_positive
+from flaxattn.ops.checks import check_positive, check_rate
 from flaxattn.ops.dropout import keep_mask
 from flaxattn.ops.init import (
     constant_init,
@@ -259,7 +259,7 @@ class BatchNorm(nnx.Module):
             if n < 2:
                 raise ValueError(
                     f"BatchNorm in train mode needs more than one value per channel, "
-                    f"got input of shape {tuple(x.shape)}"
+                    f"got input of shape {tuple(x.shape)} (batch size {x.shape[0]})"
                 )
             mean = xs.mean(axes)
             var = jnp.square(xs - mean).mean(axes)
@@ -290,8 +290,7 @@ class DropPath(nnx.Module):
     """
 
     def __init__(self, drop_prob: float = 0.0, *, deterministic: bool = False, rngs: nnx.Rngs):
-        if not 0.0 <= drop_prob < 1.0:
-            raise ValueError(f"`drop_prob` (={drop_prob}) must be in [0, 1)")
+        check_rate(drop_prob=drop_prob)
         self.drop_prob = drop_prob
         self.deterministic = deterministic
         # As nnx.Dropout does: a forked 'dropout' stream, so the masks advance

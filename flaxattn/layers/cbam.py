@@ -25,6 +25,7 @@ All modules are channels-last: ``(B, H, W, C)``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
@@ -205,7 +206,7 @@ POOL_TYPES = ("avg", "max", "lp", "lse")
 
 
 def _flatten(x: jax.Array) -> jax.Array:
-    return x.reshape(x.shape[0], -1)
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: B may be 0
 
 
 class ChannelGate(nnx.Module):

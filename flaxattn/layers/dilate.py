@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from flaxattn.layers.basic import Conv2d, Dropout, DropPath, Dtype, LayerNorm, Linear, gelu
-from flaxattn.ops.checks import check_input, check_positive
+from flaxattn.ops.checks import check_input, check_positive, check_positive_number
 from flaxattn.ops.depthwise import depthwise_conv2d
 from flaxattn.ops.dilated import check_dilation, check_heads, check_kernel_size, dilated_attention
 from flaxattn.ops.local import shifted_windows
@@ -290,7 +290,8 @@ class _Block(nnx.Module):
     def _init_common(
         self, *, dim, mlp_ratio, drop, drop_path, act_layer, norm_layer, cpe_per_block, attn, kw
     ):
-        check_positive(dim=dim, mlp_ratio=mlp_ratio)
+        check_positive(dim=dim)
+        check_positive_number(mlp_ratio=mlp_ratio)
         self.dim = dim
         self.cpe_per_block = cpe_per_block
         self.pos_embed = DepthwiseConv2d(dim, 3, **kw) if cpe_per_block else nnx.data(None)

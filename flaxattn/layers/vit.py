@@ -32,7 +32,14 @@ from flax import nnx
 from flax.nnx.nn.dtypes import promote_dtype
 
 from flaxattn.layers.basic import Dropout, Dtype, LayerNorm, Linear, gelu
-from flaxattn.ops.checks import check_choice, check_input, check_positive
+from flaxattn.ops.checks import (
+    check_choice,
+    check_input,
+    check_int,
+    check_pair,
+    check_positive,
+    check_rate,
+)
 
 
 def pair(t: int | Sequence[int]) -> tuple[int, int]:
@@ -40,9 +47,7 @@ def pair(t: int | Sequence[int]) -> tuple[int, int]:
 
 
 def _check_dropout(**rates: float) -> None:
-    for name, p in rates.items():
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"`{name}` (={p}) must be in [0, 1)")
+    check_rate(**rates)
 
 
 def _dropout(rate: float, rngs: nnx.Rngs) -> Dropout:
@@ -361,7 +366,10 @@ class ViT(nnx.Module):
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
-        (ih, iw), (ph, pw) = pair(image_size), pair(patch_size)
+        (ih, iw), (ph, pw) = (
+            check_pair("image_size", image_size),
+            check_pair("patch_size", patch_size),
+        )
         check_positive(image_size=min(ih, iw), patch_size=min(ph, pw), dim=dim, channels=channels)
         if ih % ph or iw % pw:
             raise ValueError(
@@ -369,6 +377,7 @@ class ViT(nnx.Module):
             )
         check_choice("pool", pool, ("cls", "mean"))
         check_choice("final_norm", final_norm, ("pooled", "tokens"))
+        check_int(num_classes=num_classes)
         if num_classes < 0:
             raise ValueError(f"`num_classes` (={num_classes}) must be >= 0")
         _check_dropout(emb_dropout=emb_dropout)

@@ -52,8 +52,8 @@ class CBAMResNet(nnx.Module):
                 f"`layers` (={layers}) and `planes` (={planes}) must be non-empty and equally long"
             )
         check_positive(in_channels=in_channels, num_classes=num_classes, expansion=expansion)
-        for n in layers:
-            check_positive(layers=n)
+        for i, n in enumerate(layers):
+            check_positive(**{f"layers[{i}]": n})
         self.in_channels = in_channels
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.conv1 = Conv2d(in_channels, planes[0], 3, padding=1, bias=False, **kw)

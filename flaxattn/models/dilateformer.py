@@ -39,7 +39,14 @@ from flax import nnx
 
 from flaxattn.layers.basic import BatchNorm2d, Conv2d, Dtype, LayerNorm, Linear, gelu
 from flaxattn.layers.dilate import DepthwiseConv2d, DilateBlock, GlobalBlock
-from flaxattn.ops.checks import check_choice, check_input, check_positive
+from flaxattn.ops.checks import (
+    check_choice,
+    check_input,
+    check_int,
+    check_pair,
+    check_positive,
+    check_rate,
+)
 from flaxattn.ops.dilated import check_dilation, check_heads, check_kernel_size
 from flaxattn.ops.init import constant_init, trunc_normal_init
 
@@ -48,9 +55,8 @@ MERGING_WAYS = ("conv3_2", "conv2_2", "avgpool3_2", "avgpool2_2")
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and v > 0 for v in pair):
-        raise ValueError(f"`{name}` (={value!r}) must be a positive int or a pair of them")
+    pair = check_pair(name, value)
+    check_positive(**{f"{name}[0]": pair[0], f"{name}[1]": pair[1]})
     return pair
 
 
@@ -490,10 +496,10 @@ class DilateFormer(nnx.Module):
                 "last (each stage is twice as wide as the one before) and False for the last"
             )
         check_positive(in_chans=in_chans, embed_dim=embed_dim)
+        check_int(num_classes=num_classes)
         if num_classes < 0:
             raise ValueError(f"`num_classes` (={num_classes}) must be positive, or 0 for no head")
-        if not 0.0 <= drop_path < 1.0:
-            raise ValueError(f"`drop_path` (={drop_path}) must be in [0, 1)")
+        check_rate(drop_path=drop_path)
         check_choice("merging_way", merging_way, MERGING_WAYS)
         check_choice("patch_way", patch_way, PATCH_WAYS)
         check_stages(embed_dim, num_heads, kernel_size, dilation, dilate_attention)
@@ -571,7 +577,8 @@ class DilateFormer(nnx.Module):
         x = self.patch_embed(x)
         for stage in self.stages:
             x = stage(x)
-        x = self.norm(x.reshape(x.shape[0], -1, x.shape[-1]))
+        b, h, w, c = x.shape
+        x = self.norm(x.reshape(b, h * w, c))  # not -1: B may be 0
         return x.mean(axis=1)
 
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -15,6 +15,7 @@ Measured speed-ups: ``bench/NOTES.md``.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 
 import jax
@@ -126,7 +127,8 @@ def _shift_conv_fwd(f, kernel, stride):
     fp = jnp.pad(f, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0), (0, 0)))
     out_hw = ((h - 1) // stride + 1, (w - 1) // stride + 1)
     out = shift_conv_forward(fp, wg, stride, out_hw)
-    return out.reshape(out.shape[:3] + (-1,)), (fp, wg)
+    # An explicit size, not -1: jnp cannot infer -1 for an empty batch.
+    return out.reshape(out.shape[:3] + (math.prod(out.shape[3:]),)), (fp, wg)
 
 
 def _shift_conv_bwd(stride, res, gout):

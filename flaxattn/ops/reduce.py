@@ -10,6 +10,7 @@ element, as ``torch.max``/``AdaptiveMaxPool2d`` do, and needs no comparison.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
@@ -23,7 +24,8 @@ def max_reduce(x: jax.Array, axis: int | Sequence[int], keepdims: bool = False) 
     rest = [a for a in range(x.ndim) if a not in axes]
     # Move the reduced axes last and merge them into one.
     moved = jnp.transpose(x, rest + list(axes))
-    flat = moved.reshape(moved.shape[: len(rest)] + (-1,))
+    # An explicit size, not -1: jnp cannot infer -1 for an empty batch (ZeroDivisionError).
+    flat = moved.reshape(moved.shape[: len(rest)] + (math.prod(moved.shape[len(rest) :]),))
     idx = jnp.argmax(flat, axis=-1, keepdims=True)
     out = jnp.take_along_axis(flat, idx, axis=-1)[..., 0]
     if keepdims:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from torch_ref._checks import check_positive
+from torch_ref._checks import check_positive, check_positive_number, check_rate
 from torch_ref._twin import Twin
 
 
@@ -58,8 +58,7 @@ class DropPath(nn.Module):
 
     def __init__(self, drop_prob: float = 0.0):
         super().__init__()
-        if not 0.0 <= drop_prob < 1.0:
-            raise ValueError(f"`drop_prob` (={drop_prob}) must be in [0, 1)")
+        check_rate(drop_prob=drop_prob)
         self.drop_prob = drop_prob
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -198,7 +197,8 @@ class _Block(Twin):
     def _init_common(
         self, *, dim, mlp_ratio, drop, drop_path, act_layer, norm_layer, cpe_per_block, attn
     ):
-        check_positive(dim=dim, mlp_ratio=mlp_ratio)
+        check_positive(dim=dim)
+        check_positive_number(mlp_ratio=mlp_ratio)
         self.dim = dim
         self.mlp_ratio = mlp_ratio
         self.cpe_per_block = cpe_per_block

@@ -18,7 +18,7 @@ from einops import rearrange, repeat
 from einops.layers.torch import Rearrange
 from torch import nn
 
-from torch_ref._checks import check_choice, check_positive
+from torch_ref._checks import check_choice, check_int, check_pair, check_positive, check_rate
 from torch_ref._twin import Twin
 
 
@@ -27,9 +27,7 @@ def pair(t) -> tuple[int, int]:
 
 
 def _check_dropout(**rates: float) -> None:
-    for name, p in rates.items():
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"`{name}` (={p}) must be in [0, 1)")
+    check_rate(**rates)
 
 
 class PreNorm(Twin):
@@ -197,7 +195,10 @@ class ViT(Twin):
         scale: float | None = None,
     ):
         super().__init__()
-        (ih, iw), (ph, pw) = pair(image_size), pair(patch_size)
+        (ih, iw), (ph, pw) = (
+            check_pair("image_size", image_size),
+            check_pair("patch_size", patch_size),
+        )
         check_positive(image_size=min(ih, iw), patch_size=min(ph, pw), dim=dim, channels=channels)
         if ih % ph or iw % pw:
             raise ValueError(
@@ -205,6 +206,7 @@ class ViT(Twin):
             )
         check_choice("pool", pool, ("cls", "mean"))
         check_choice("final_norm", final_norm, ("pooled", "tokens"))
+        check_int(num_classes=num_classes)
         if num_classes < 0:
             raise ValueError(f"`num_classes` (={num_classes}) must be >= 0")
         _check_dropout(emb_dropout=emb_dropout)

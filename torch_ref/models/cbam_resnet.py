@@ -30,8 +30,8 @@ class CBAMResNet(Twin):
                 f"`layers` (={layers}) and `planes` (={planes}) must be non-empty and equally long"
             )
         check_positive(in_channels=in_channels, num_classes=num_classes, expansion=expansion)
-        for n in layers:
-            check_positive(layers=n)
+        for i, n in enumerate(layers):
+            check_positive(**{f"layers[{i}]": n})
         self.conv1 = nn.Conv2d(in_channels, planes[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes[0])
         blocks = []

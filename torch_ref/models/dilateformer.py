@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from torch_ref._checks import check_choice, check_positive
+from torch_ref._checks import check_choice, check_int, check_pair, check_positive, check_rate
 from torch_ref._twin import Twin
 from torch_ref.layers.dilate import (
     DilateBlock,
@@ -42,9 +42,8 @@ MERGING_CONV = {
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and v > 0 for v in pair):
-        raise ValueError(f"`{name}` (={value!r}) must be a positive int or a pair of them")
+    pair = check_pair(name, value)
+    check_positive(**{f"{name}[0]": pair[0], f"{name}[1]": pair[1]})
     return pair
 
 
@@ -379,10 +378,10 @@ class DilateFormer(Twin):
                 "last (each stage is twice as wide as the one before) and False for the last"
             )
         check_positive(in_chans=in_chans, embed_dim=embed_dim)
+        check_int(num_classes=num_classes)
         if num_classes < 0:
             raise ValueError(f"`num_classes` (={num_classes}) must be positive, or 0 for no head")
-        if not 0.0 <= drop_path < 1.0:
-            raise ValueError(f"`drop_path` (={drop_path}) must be in [0, 1)")
+        check_rate(drop_path=drop_path)
         check_choice("merging_way", merging_way, MERGING_WAYS)
         check_choice("patch_way", patch_way, PATCH_WAYS)
         check_stages(embed_dim, num_heads, kernel_size, dilation, dilate_attention)
