@@ -5,16 +5,19 @@ Both loops draw the same batches from the training input pipeline
 prefetched), run forward + backward + AdamW with label smoothing, and are timed
 over the same number of steps after a warm-up, in one run on the same machine::
 
-    python -m bench.train_loop --model vit_tiny --steps 60
+    python -m bench.train_loop --model vit_tiny --steps 20 --windows 5
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
+from collections.abc import Callable
 
 import jax
+import numpy as np
 from flax import nnx
 
 from bench.harness import default_threads
@@ -27,21 +30,23 @@ from train.parallel import Parallel
 from train.step import make_train_step
 
 
-def _batches(pipeline: TrainPipeline, n: int):
+def _batches(pipeline: TrainPipeline):
     it = pipeline.iterator()
-    for _ in range(n):
+    while True:
         yield next(it)
 
 
-def jax_images_per_sec(cfg: TrainConfig, pipeline: TrainPipeline, steps: int, warmup: int) -> float:
+def jax_stepper(cfg: TrainConfig, pipeline: TrainPipeline) -> Callable[[int], int]:
+    """``run(n)``: ``n`` steps of the training loop's own step (data included); returns
+    the images consumed once the last step has finished."""
     spec = get_model(cfg.model)
     info = pipeline.data.info
     model = build_flax(spec, info, cfg.model_overrides, rngs=nnx.Rngs(cfg.seed))
     model.train()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = make_optimizer(cfg, 10_000)
-    opt_state = tx.init(params)
     par = Parallel.create()
+    state = list(jax.device_put((params, rest, tx.init(params)), par.replicated))
     step = make_train_step(
         graphdef,
         tx,
@@ -49,49 +54,64 @@ def jax_images_per_sec(cfg: TrainConfig, pipeline: TrainPipeline, steps: int, wa
         skip_non_finite=True,
         state_sharding=par.replicated,
         batch_sharding=par.batch,
+        with_flags=True,  # as train.loop: the preemption flag rides in the step
     )
-    params, rest, opt_state = jax.device_put((params, rest, opt_state), par.replicated)
-    it = _batches(pipeline, warmup + steps)
-    for _ in range(warmup):
-        x, y = next(it)
-        params, rest, opt_state, loss, _ = step(params, rest, opt_state, par.put_batch(x, y))
-    loss.block_until_ready()
-    t0, seen = time.perf_counter(), 0
-    for x, y in it:
-        params, rest, opt_state, loss, _ = step(params, rest, opt_state, par.put_batch(x, y))
-        seen += len(y)
-    jax.block_until_ready((params, loss))
-    return seen / (time.perf_counter() - t0)
+    flags = np.zeros(len(par.mesh.local_devices), np.int32)
+    it = _batches(pipeline)
+
+    def run(n: int) -> int:
+        seen = 0
+        for _ in range(n):
+            x, y = next(it)
+            xb, yb, fb = par.put_batch(x, y, flags)
+            *state[:], loss, _ = step(*state, (xb, yb), fb)
+            seen += len(y)
+        jax.block_until_ready((state, loss))
+        return seen
+
+    return run
 
 
-def torch_images_per_sec(
-    cfg: TrainConfig, pipeline: TrainPipeline, steps: int, warmup: int
-) -> float:
+def torch_stepper(cfg: TrainConfig, pipeline: TrainPipeline) -> Callable[[int], int]:
+    """The torch_ref twin's eager loop over the same pipeline (AdamW, clipping)."""
     import torch
 
     torch.manual_seed(cfg.seed)
     model = build_torch(get_model(cfg.model), pipeline.data.info, cfg.model_overrides).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    it = _batches(pipeline)
 
-    def step(x, y):
-        logits = model(torch.from_numpy(x).permute(0, 3, 1, 2))
-        loss = torch.nn.functional.cross_entropy(
-            logits, torch.from_numpy(y).long(), label_smoothing=cfg.label_smoothing
-        )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.clip_norm:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
-        opt.step()
+    def run(n: int) -> int:
+        seen = 0
+        for _ in range(n):
+            x, y = next(it)
+            logits = model(torch.from_numpy(x).permute(0, 3, 1, 2))
+            loss = torch.nn.functional.cross_entropy(
+                logits, torch.from_numpy(y).long(), label_smoothing=cfg.label_smoothing
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+            opt.step()
+            seen += len(y)
+        return seen
 
-    it = _batches(pipeline, warmup + steps)
-    for _ in range(warmup):
-        step(*next(it))
-    t0, seen = time.perf_counter(), 0
-    for x, y in it:
-        step(x, y)
-        seen += len(y)
-    return seen / (time.perf_counter() - t0)
+    return run
+
+
+def interleaved(runs: dict[str, Callable[[int], int]], steps: int, windows: int, warmup: int):
+    """Median images/s per side over ``windows`` windows of ``steps`` steps, the sides
+    taking turns window by window (a shared machine's load hits both alike)."""
+    for run in runs.values():
+        run(warmup)
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(windows):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            seen = run(steps)
+            rates[name].append(seen / (time.perf_counter() - t0))
+    return {name: statistics.median(r) for name, r in rates.items()}, rates
 
 
 def main(argv=None) -> int:
@@ -101,7 +121,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="vit_tiny")
     p.add_argument("--dataset", default="mnist5k")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--steps", type=int, default=20, help="steps per timed window")
+    p.add_argument("--windows", type=int, default=5, help="windows per side (median shown)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=default_threads())
     p.add_argument("--workers", type=int, default=0, help="grain worker processes")
@@ -120,8 +141,8 @@ def main(argv=None) -> int:
         }
     )
     data = load_dataset(cfg.dataset)
-    steps_needed = args.warmup + args.steps
-    pipeline = TrainPipeline(
+    steps_needed = args.warmup + args.steps * args.windows
+    pipeline = lambda: TrainPipeline(  # noqa: E731 -- one per side, same batches
         data,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
@@ -129,11 +150,17 @@ def main(argv=None) -> int:
         epochs=-(-steps_needed // (len(data.train) // cfg.batch_size)),
         workers=args.workers,
     )
-    jax_ips = jax_images_per_sec(cfg, pipeline, args.steps, args.warmup)
-    torch_ips = torch_images_per_sec(cfg, pipeline, args.steps, args.warmup)
+    medians, _ = interleaved(
+        {"jax": jax_stepper(cfg, pipeline()), "torch": torch_stepper(cfg, pipeline())},
+        args.steps,
+        args.windows,
+        args.warmup,
+    )
+    jax_ips, torch_ips = medians["jax"], medians["torch"]
     print(
         f"training loop, data included: {args.model} on {cfg.dataset}, batch {cfg.batch_size}, "
-        f"{args.steps} steps, {args.threads} threads, jax {jax.__version__}, "
+        f"median of {args.windows} interleaved windows of {args.steps} steps, "
+        f"{args.threads} threads, jax {jax.__version__}, "
         f"torch {torch.__version__}"
     )
     print(f"{'loop':<14} {'images/s':>10}")
