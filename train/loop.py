@@ -167,6 +167,10 @@ def build_run(cfg: TrainConfig, *, devices: int | None = None) -> Run:
     if cfg.export:
         check_export_path(cfg.export)
     _check_workdir(cfg)
+    if nproc > 1:  # process 0 may have cleared the workdir (--overwrite): wait for it
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("flaxattn: workdir checked")
     data = load_dataset(
         cfg.dataset,
         path=cfg.data_path,

@@ -28,7 +28,7 @@ def conv3x3_out(shape: tuple[int, int], stride: int) -> tuple[int, int]:
 
 def wrn_stages(depth: int, widen_factor: int) -> tuple[int, list[int]]:
     """Upstream's ``(depth - 4) / 6`` blocks per stage and widths ``[20, 20k, 40k, 60k]``."""
-    check_positive(widen_factor=widen_factor)
+    check_positive(depth=depth, widen_factor=widen_factor)
     if depth < 10 or (depth - 4) % 6:
         raise ValueError(f"`depth` (={depth}) must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...)")
     k = widen_factor
