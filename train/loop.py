@@ -218,6 +218,7 @@ def build_run(cfg: TrainConfig, *, devices: int | None = None) -> Run:
         state_sharding=shardings,
         batch_sharding=par.batch,
         with_flags=True,
+        grad_norm=True,
     )
     eval_step = make_eval_step(
         eval_graphdef,

@@ -33,6 +33,7 @@ def make_train_step(
     batch_sharding: Any = None,
     donate: bool = True,
     with_flags: bool = False,
+    grad_norm: bool = False,
 ) -> Callable:
     """``step(params, rest, opt_state, batch) -> (params, rest, opt_state, loss, aux)``.
 
@@ -44,8 +45,8 @@ def make_train_step(
       skip_non_finite: when the loss or any gradient is not finite, return the
         incoming params/rest/opt_state unchanged (``aux`` then carries
         ``finite=False``): a NaN never reaches the weights or a checkpoint.
-        ``aux["grad_norm"]`` is the global gradient norm; ``aux["loss_finite"]``
-        tells a non-finite loss from a finite loss whose update was not finite.
+        ``aux["loss_finite"]`` tells a non-finite loss from a finite loss whose
+        update was not finite.
       state_sharding / batch_sharding: ``jax.sharding`` specs for the state and the
         batch (split on its first axis). ``state_sharding`` is one sharding for all
         three state trees (replicated: data parallelism) or a tuple
@@ -55,6 +56,9 @@ def make_train_step(
         batch (one entry per batch shard), and returns its maximum as
         ``aux["flag"]``: every process learns whether any process raised its flag
         (a preemption signal) from the step's own all-reduce, at no extra collective.
+      grad_norm: also return the global gradient norm as ``aux["grad_norm"]`` (off by
+        default: one more reduction over every gradient changes XLA's schedule, and
+        the reversible stack's temp memory then grows with depth).
     """
 
     def loss_and_state(params, rest, batch):
@@ -72,7 +76,9 @@ def make_train_step(
         )
         updates, new_opt_state = tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
-        aux = {**(aux or {}), "grad_norm": optax.tree.norm(grads)}
+        aux = dict(aux or {})
+        if grad_norm:
+            aux["grad_norm"] = optax.tree.norm(grads)
         if flags is not None:
             aux["flag"] = jnp.max(flags)
         if skip_non_finite:
