@@ -24,7 +24,6 @@ GLOBAL = {
     "vit_attention": (lambda kw: vit.Attention(16, heads=3, dim_head=5, **kw), (2, 7, 16)),
     "vit_single_head": (lambda kw: vit.Attention(8, heads=1, dim_head=8, **kw), (1, 5, 8)),
     "axial_self_attention": (lambda kw: axial.SelfAttention(12, 3, 5, **kw), (2, 3, 4, 12)),
-    "axial_attention": (lambda kw: axial.AxialAttention(8, 2, heads=2, **kw), (1, 3, 4, 8)),
     "aa_conv_dk_ne_dv": (
         lambda kw: aa_conv.AugmentedConv(3, 10, 3, dk=8, dv=6, Nh=2, **kw),
         (2, 5, 7, 3),
