@@ -221,3 +221,30 @@ def test_layers_route_to_pallas(name, monkeypatch):
     np.testing.assert_allclose(gx1, gx0, rtol=1e-5, atol=1e-5)
     for (path, a), (_, b) in zip(nnx.to_flat_state(gp0), nnx.to_flat_state(gp1), strict=True):
         np.testing.assert_allclose(b[...], a[...], rtol=1e-4, atol=1e-5, err_msg=str(path))
+
+
+@pytest.mark.parametrize(
+    "ks, dil, stride, pad_mode, dtype",
+    [
+        (5, 2, 1, "zeros", "float32"),
+        (3, 1, 2, "reflect", "float32"),
+        (7, 3, 1, "zeros", "bfloat16"),
+    ],
+)
+def test_pallas_kernels_lower_to_triton_for_cuda(ks, dil, stride, pad_mode, dtype):
+    # Cross-platform lowering runs Pallas's Triton lowering on this CPU-only machine: the
+    # forward, dq and dk/dv kernels each become one Triton custom call. (Compiling the
+    # Triton IR and running it needs a GPU: bench/gpu_check.sh.)
+    ho, wo = -(-9 // stride), -(-11 // stride)
+    q = jax.ShapeDtypeStruct((2, ho, wo, 2, 16), dtype)
+    kv = jax.ShapeDtypeStruct((2, 9, 11, 2, 16), dtype)
+    kw = dict(stride=stride, dilation=dil, pad_mode=pad_mode, interpret=False)
+
+    def step(q, k, v):
+        out, vjp = jax.vjp(lambda q, k, v: window_attention(q, k, v, ks, **kw), q, k, v)
+        return out, vjp(out)
+
+    text = jax.jit(step).trace(q, kv, kv).lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("__gpu$xla.gpu.triton") == 3
+    for name in ("window_attention_fwd", "window_attention_dq", "window_attention_dkv"):
+        assert f'name = "{name}"' in text

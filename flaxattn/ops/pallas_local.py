@@ -33,12 +33,21 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
 
 from flaxattn.ops.checks import check_choice, check_positive
 
 
 def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
+
+
+def _row_tap(t, ks):  # lax.div/rem: t >= 0, and Triton has no lowering for Python's floor mod
+    return jax.lax.div(t, ks)
+
+
+def _col_tap(t, ks):
+    return jax.lax.rem(t, ks)
 
 
 def _compute_dtype(dtype):
@@ -56,7 +65,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, ks, dil):
 
     def tap(t, carry):
         m, l_sum, acc = carry
-        r, c = i + (t // ks) * dil, (t % ks) * dil
+        r, c = i + _row_tap(t, ks) * dil, _col_tap(t, ks) * dil
         kt = k_ref[r, pl.ds(c, wq), :].astype(cdt)
         vt = v_ref[r, pl.ds(c, wq), :].astype(cdt)
         s = jnp.sum(q * kt, axis=-1)
@@ -81,7 +90,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, *, ks, d
     wq = q.shape[0]
 
     def tap(t, dq):
-        r, c = i + (t // ks) * dil, (t % ks) * dil
+        r, c = i + _row_tap(t, ks) * dil, _col_tap(t, ks) * dil
         kt = k_ref[r, pl.ds(c, wq), :].astype(cdt)
         vt = v_ref[r, pl.ds(c, wq), :].astype(cdt)
         p = jnp.exp(jnp.sum(q * kt, axis=-1) - lse)
@@ -106,7 +115,8 @@ def _dkv_kernel(q_ref, do_ref, lse_ref, delta_ref, k_ref, v_ref, dk_ref, dv_ref,
 
     def tap(t, carry):
         dk, dv = carry
-        row, cols = r + last - (t // ks) * dil, pl.ds(last - (t % ks) * dil, wk)
+        row = r + last - _row_tap(t, ks) * dil
+        cols = pl.ds(last - _col_tap(t, ks) * dil, wk)
         qt = q_ref[row, cols, :].astype(cdt)
         dot = do_ref[row, cols, :].astype(cdt)
         lse = lse_ref[row, cols].astype(cdt)
@@ -136,6 +146,11 @@ def _whole(shape: tuple[int, ...]) -> pl.BlockSpec:
     return pl.BlockSpec((None, *shape[1:]), lambda n, i: (n, *zeros))
 
 
+# Triton, not Mosaic GPU (jax's default for pallas_call on NVIDIA GPUs): these kernels are
+# row-vector code (elementwise products and lane reductions), which Triton lowers.
+COMPILER_PARAMS = pltriton.CompilerParams(num_warps=4, num_stages=1)
+
+
 def _forward(q, kp, vp, ks, dil, interpret):
     bn, h, wq, d = q.shape
     cdt = _compute_dtype(q.dtype)
@@ -149,6 +164,7 @@ def _forward(q, kp, vp, ks, dil, interpret):
             jax.ShapeDtypeStruct((bn, h, wq), cdt),
         ],
         interpret=interpret,
+        compiler_params=COMPILER_PARAMS,
         name="window_attention_fwd",
     )(q, kp, vp)
 
@@ -167,6 +183,7 @@ def _backward(q, kp, vp, o, lse, do, ks, dil, interpret):
         out_specs=_row(wq, d),
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
         interpret=interpret,
+        compiler_params=COMPILER_PARAMS,
         name="window_attention_dq",
     )(q, kp, vp, do, lse, delta)
 
@@ -186,6 +203,7 @@ def _backward(q, kp, vp, o, lse, do, ks, dil, interpret):
             jax.ShapeDtypeStruct(vp.shape, vp.dtype),
         ],
         interpret=interpret,
+        compiler_params=COMPILER_PARAMS,
         name="window_attention_dkv",
     )(qp, dop, lsep, deltap, kp, vp)
     return dq, dk, dv
