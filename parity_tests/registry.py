@@ -113,3 +113,20 @@ def register(*cases: Case | GoldenCase | BadArgs | BadCall) -> None:
 def load_all() -> dict[str, Case]:
     """Import every module of ``parity_tests.cases`` (each registers its family)."""
     return CASES.load_all()
+
+
+def with_attention_impl(impl: str) -> Callable[[Any], Any]:
+    """``make_flax`` for a case whose Flax module runs ``attention_impl=impl`` (issue 16)."""
+
+    def make(torch_module):
+        from flaxattn.convert import from_torch
+        from flaxattn.layers.basic import set_attention_impl
+
+        return set_attention_impl(from_torch(torch_module), impl)
+
+    return make
+
+
+# jax.nn.dot_product_attention(implementation='xla') takes its softmax in float32 whatever
+# the input dtype, so float64 cases through it agree to float32 round-off only.
+FUSED_XLA_TOL = {"float64": {"rtol": 1e-6, "atol": 1e-7}}

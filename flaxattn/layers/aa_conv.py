@@ -20,6 +20,7 @@ from flax import nnx
 
 from flaxattn.layers.basic import Conv2d, Dtype
 from flaxattn.ops.checks import check_choice, check_divisible, check_input, check_positive
+from flaxattn.ops.fused import check_attention_impl, fused_attention, resolve_attention_impl
 from flaxattn.ops.relative import attention_2d, relative_logits_2d
 
 
@@ -107,6 +108,10 @@ class AugmentedConv(nnx.Module):
       query_block: (Flax only) queries per block of the attention loop
         (:func:`~flaxattn.ops.relative.attention_2d`); ``None`` picks blocks of about
         4M logits. Blocks change memory and speed, not the result.
+      attention_impl: (Flax only) ``'auto'`` (the blocked einsum path; cuDNN flash
+        attention on an NVIDIA GPU for bfloat16/float16 without relative logits),
+        ``'xla'`` or ``'cudnn'`` (``jax.nn.dot_product_attention``, ``relative=False``
+        only); see :mod:`flaxattn.ops.fused`. Parameters are the same.
 
     Shapes: ``(B, H, W, in_channels) -> (B, H', W', out_channels)``, ``H' = ceil(H / stride)``
     for odd ``kernel_size``.
@@ -134,6 +139,7 @@ class AugmentedConv(nnx.Module):
         stride: int = 1,
         *,
         query_block: int | None = None,
+        attention_impl: str = "auto",
         dtype: Dtype = None,
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
@@ -144,6 +150,8 @@ class AugmentedConv(nnx.Module):
         if query_block is not None:
             check_positive(query_block=query_block)
         self.query_block = query_block
+        check_attention_impl(attention_impl)
+        self.attention_impl = attention_impl
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = kernel_size
@@ -206,6 +214,15 @@ class AugmentedConv(nnx.Module):
     def _attend(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
         """``q (B, H, W, Nh, dkh)``, ``k``/``v (B, HW, Nh, d)`` -> ``(B, Nh, HW, dvh)``."""
         b, h, w, nh, dkh = q.shape
+        impl = resolve_attention_impl(
+            self.attention_impl,
+            dtype=jnp.result_type(q, k, v),
+            head_dim=max(dkh, v.shape[-1]),
+            where="AugmentedConv",
+            fused_ok="relative position logits" if self.relative else None,
+        )
+        if impl != "default":
+            return fused_attention(q.reshape(b, h * w, nh, dkh), k, v, impl).transpose(0, 2, 1, 3)
         rel = None
         if self.relative:
             lh, lw = relative_logits_2d(q, self.key_rel_h[...], self.key_rel_w[...])

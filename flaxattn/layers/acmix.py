@@ -22,7 +22,9 @@ from flax import nnx
 from flaxattn.layers.basic import Conv2d, Dtype
 from flaxattn.ops.checks import check_choice, check_divisible, check_input, check_positive
 from flaxattn.ops.depthwise import shift_conv
+from flaxattn.ops.fused import WINDOW_IMPLS, check_attention_impl, resolve_attention_impl
 from flaxattn.ops.local import local_attention
+from flaxattn.ops.pallas_local import window_attention
 
 # --- ACmix -------------------------------------------------------------------------------------
 
@@ -116,6 +118,9 @@ class ACmix(nnx.Module):
       kernel_conv: shift convolution kernel side (odd).
       stride: 1 or 2.
       dilation: attention window dilation.
+      attention_impl: (Flax only) ``'auto'`` (the Pallas kernel on a GPU, else XLA),
+        ``'xla'`` (:func:`~flaxattn.ops.local.local_attention`) or ``'pallas'``
+        (:func:`~flaxattn.ops.pallas_local.window_attention`); parameters are the same.
 
     Shapes: ``(B, H, W, in_planes) -> (B, ceil(H / stride), ceil(W / stride), out_planes)``;
     ``H, W >= padding_att + 1``.
@@ -129,6 +134,8 @@ class ACmix(nnx.Module):
       (2, 12, 10, 32)
     """
 
+    attention_impls = WINDOW_IMPLS
+
     def __init__(
         self,
         in_planes: int,
@@ -139,11 +146,14 @@ class ACmix(nnx.Module):
         stride: int = 1,
         dilation: int = 1,
         *,
+        attention_impl: str = "auto",
         dtype: Dtype = None,
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
         check_acmix_args(in_planes, out_planes, kernel_att, head, kernel_conv, stride, dilation)
+        check_attention_impl(attention_impl, WINDOW_IMPLS)
+        self.attention_impl = attention_impl
         self.in_planes = in_planes
         self.out_planes = out_planes
         self.head = head
@@ -178,7 +188,17 @@ class ACmix(nnx.Module):
     def attend(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
         """The attention path's window attention (:func:`flaxattn.ops.local.local_attention`);
         a hook for other implementations (``bench/cases/acmix.py`` times an unfold one)."""
-        return local_attention(q, k, v, self.kernel_att, stride=self.stride, dilation=self.dilation)
+        impl = resolve_attention_impl(
+            self.attention_impl,
+            dtype=jnp.result_type(q, k, v),
+            head_dim=q.shape[-1],
+            where="ACmix",
+            window=True,
+        )
+        attend = window_attention if impl == "pallas" else local_attention
+        return attend(
+            q, k, v, self.kernel_att, stride=self.stride, dilation=self.dilation, pad_mode="reflect"
+        )
 
     def _cast(self, *arrays):
         dtype = self.dtype or jnp.result_type(*arrays)

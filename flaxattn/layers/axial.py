@@ -47,6 +47,7 @@ from flax import nnx
 from flaxattn.layers.basic import Conv2d, Dtype, LayerNorm, Linear
 from flaxattn.layers.reversible import ReversibleSequence
 from flaxattn.ops.checks import check_choice, check_input, check_positive
+from flaxattn.ops.fused import check_attention_impl, fused_attention, resolve_attention_impl
 
 REVERSIBLE_CHOICES = (True, False, "coupling")
 
@@ -273,6 +274,9 @@ class SelfAttention(nnx.Module):
       dim: input and output features.
       heads: attention heads.
       dim_heads: width per head; default ``dim // heads``.
+      attention_impl: ``'auto'`` (einsums; cuDNN flash attention on an NVIDIA GPU for
+        bfloat16/float16), ``'xla'`` or ``'cudnn'`` (``jax.nn.dot_product_attention``);
+        see :mod:`flaxattn.ops.fused`. Flax only; parameters are the same.
 
     Deviation from upstream: with ``dim_heads=None``, ``dim`` must be divisible
     by ``heads`` (upstream silently uses ``dim // heads``); ``from_torch``
@@ -288,11 +292,14 @@ class SelfAttention(nnx.Module):
         heads: int,
         dim_heads: int | None = None,
         *,
+        attention_impl: str = "auto",
         dtype: Dtype = None,
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
         self.dim_heads = check_heads(dim, heads, dim_heads)
+        check_attention_impl(attention_impl)
+        self.attention_impl = attention_impl
         self.dim = dim
         self.heads = heads
         hidden = self.dim_heads * heads
@@ -319,10 +326,22 @@ class SelfAttention(nnx.Module):
         k, v = jnp.split(self.to_kv(kv), 2, axis=-1)
         k = k.reshape(*kv.shape[:-1], h, e)
         v = v.reshape(*kv.shape[:-1], h, e)
-        dots = jnp.einsum("...ihe,...jhe->...hij", q, k) * e**-0.5
-        # The softmax runs in at least float32 when the layers compute in bfloat16.
-        attn = jax.nn.softmax(dots.astype(jnp.promote_types(dots.dtype, jnp.float32)), axis=-1)
-        out = jnp.einsum("...hij,...jhe->...ihe", attn.astype(v.dtype), v)
+        impl = resolve_attention_impl(
+            self.attention_impl,
+            dtype=jnp.result_type(q, k, v),
+            head_dim=e,
+            where="SelfAttention",
+        )
+        if impl == "default":
+            dots = jnp.einsum("...ihe,...jhe->...hij", q, k) * e**-0.5
+            # The softmax runs in at least float32 when the layers compute in bfloat16.
+            attn = jax.nn.softmax(dots.astype(jnp.promote_types(dots.dtype, jnp.float32)), axis=-1)
+            out = jnp.einsum("...hij,...jhe->...ihe", attn.astype(v.dtype), v)
+        else:  # fused: one batch axis, (B, T, heads, e)
+            lead = q.shape[:-3]
+            q = q * jnp.asarray(e**-0.5, q.dtype)
+            flat = [t.reshape(-1, *t.shape[-3:]) for t in (q, k, v)]
+            out = fused_attention(*flat, impl).reshape(*lead, *q.shape[-3:])
         return self.to_out(out.reshape(*x.shape[:-1], h * e))
 
 
@@ -337,6 +356,7 @@ class AxialAttention(nnx.Module):
       dim_index: the embedding axis; ``-1`` (channels-last) here and upstream.
       sum_axial_out: sum the attentions over each axis of the input (True), or
         apply them one after another (False).
+      attention_impl: see :class:`SelfAttention` (Flax only).
 
     Example::
 
@@ -356,6 +376,7 @@ class AxialAttention(nnx.Module):
         dim_index: int = -1,
         sum_axial_out: bool = True,
         *,
+        attention_impl: str = "auto",
         dtype: Dtype = None,
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
@@ -369,7 +390,9 @@ class AxialAttention(nnx.Module):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.axial_attentions = nnx.List(
             [
-                PermuteToFrom(perm, SelfAttention(dim, heads, dim_heads, **kw))
+                PermuteToFrom(
+                    perm, SelfAttention(dim, heads, dim_heads, attention_impl=attention_impl, **kw)
+                )
                 for perm in calculate_permutations(num_dimensions, dim_index)
             ]
         )
@@ -424,6 +447,7 @@ class AxialImageTransformer(nnx.Module):
         (upstream's plain residual stack, another function).
       axial_pos_emb_shape: ``(H, W)`` to add an :class:`AxialPositionalEmbedding`
         first; the input must then have exactly that size.
+      attention_impl: see :class:`SelfAttention` (Flax only).
 
     Deviation from upstream: any ``dim_index`` works (upstream's conv
     feed-forward only runs with ``dim_index=1``).
@@ -447,6 +471,7 @@ class AxialImageTransformer(nnx.Module):
         reversible: bool | str = True,
         axial_pos_emb_shape: Sequence[int] | None = None,
         *,
+        attention_impl: str = "auto",
         dtype: Dtype = None,
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
@@ -470,7 +495,16 @@ class AxialImageTransformer(nnx.Module):
         for _ in range(depth):
             layers.append(
                 [
-                    PermuteToFrom(p, PreNorm(dim, SelfAttention(dim, heads, dim_heads, **kw), **kw))
+                    PermuteToFrom(
+                        p,
+                        PreNorm(
+                            dim,
+                            SelfAttention(
+                                dim, heads, dim_heads, attention_impl=attention_impl, **kw
+                            ),
+                            **kw,
+                        ),
+                    )
                     for p in perms
                 ]
             )

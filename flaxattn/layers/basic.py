@@ -340,3 +340,27 @@ class Dropout(nnx.Dropout):
             shape[dim] = 1
         mask = jnp.broadcast_to(keep_mask(key, keep_prob, shape), inputs.shape)
         return jnp.where(mask, inputs / keep_prob, jnp.zeros_like(inputs))
+
+
+def set_attention_impl(module: nnx.Module, attention_impl: str) -> nnx.Module:
+    """Set ``attention_impl`` on every submodule that has one (in place; returns ``module``).
+
+    For a model built by :func:`flaxattn.convert.from_torch` or loaded from a checkpoint:
+    the choice is not part of the state, so it can change at any time. Global-attention
+    modules take ``'auto'``, ``'xla'``, ``'cudnn'``; window-attention modules (ACmix,
+    DilateFormer) ``'auto'``, ``'xla'``, ``'pallas'``; a value a module does not take is a
+    ``ValueError`` naming the module (nothing is changed then).
+    """
+    from flaxattn.ops.fused import GLOBAL_IMPLS, check_attention_impl
+
+    targets = [(path, m) for path, m in nnx.iter_modules(module) if hasattr(m, "attention_impl")]
+    for path, m in targets:
+        choices = getattr(type(m), "attention_impls", GLOBAL_IMPLS)
+        try:
+            check_attention_impl(attention_impl, choices)
+        except ValueError as e:
+            where = "/".join(map(str, path)) or "the module"
+            raise ValueError(f"{type(m).__name__} at {where}: {e}") from None
+    for _, m in targets:
+        m.attention_impl = attention_impl
+    return module

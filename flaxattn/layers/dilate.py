@@ -31,9 +31,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from flaxattn.layers.basic import Conv2d, Dropout, DropPath, Dtype, LayerNorm, Linear, gelu
+from flaxattn.ops import pallas_local
 from flaxattn.ops.checks import check_input, check_positive, check_positive_number
 from flaxattn.ops.depthwise import depthwise_conv2d
 from flaxattn.ops.dilated import check_dilation, check_heads, check_kernel_size, dilated_attention
+from flaxattn.ops.fused import WINDOW_IMPLS, check_attention_impl, resolve_attention_impl
 from flaxattn.ops.local import shifted_windows
 
 
@@ -102,6 +104,19 @@ class Mlp(nnx.Module):
         return self.drop(self.fc2(x))
 
 
+def _resolve(impl: str, dtype, head_dim: int, drops: Sequence, where: str) -> str:
+    return resolve_attention_impl(
+        impl,
+        dtype=dtype,
+        head_dim=head_dim,
+        where=where,
+        window=True,
+        fused_ok="dropout on the attention weights in train mode"
+        if any(_dropping(d) for d in drops)
+        else None,
+    )
+
+
 class DilateAttention(nnx.Module):
     """Sliding-window dilated attention (SWDA) of one group of heads.
 
@@ -119,11 +134,17 @@ class DilateAttention(nnx.Module):
         hand-written backward: same result, more memory).
       kernel_size: window side ``k`` (odd).
       dilation: spacing between window taps.
+      attention_impl: (Flax only) ``'auto'`` (the Pallas kernel on a GPU, else XLA),
+        ``'xla'`` (:func:`~flaxattn.ops.dilated.dilated_attention`) or ``'pallas'``
+        (:func:`~flaxattn.ops.pallas_local.dilated_attention`); with attention dropout
+        active only the XLA windows run (``'pallas'`` then raises).
 
     Shapes: ``q, k, v: (B, H, W, d) -> (B, H, W, d)``, ``d = heads * head_dim``
     (channels head-major, as upstream). Upstream takes ``(B, d, H, W)`` and returns
     ``(B, H, W, d)``; its twin ``torch_ref.layers.dilate.DilateAttention`` does too.
     """
+
+    attention_impls = WINDOW_IMPLS
 
     def __init__(
         self,
@@ -133,11 +154,14 @@ class DilateAttention(nnx.Module):
         kernel_size: int = 3,
         dilation: int = 1,
         *,
+        attention_impl: str = "auto",
         dtype: Dtype = None,
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
         check_positive(head_dim=head_dim, dilation=dilation)
+        check_attention_impl(attention_impl, WINDOW_IMPLS)
+        self.attention_impl = attention_impl
         check_kernel_size(kernel_size)
         self.head_dim = head_dim
         self.scale = qk_scale or head_dim**-0.5
@@ -157,9 +181,11 @@ class DilateAttention(nnx.Module):
                 )
         if self.dtype is not None:
             q, k, v = (t.astype(self.dtype) for t in (q, k, v))
+        impl = _resolve(self.attention_impl, q.dtype, hd, [self.attn_drop], "DilateAttention")
         if not _dropping(self.attn_drop):
             qkv = jnp.stack([q, k, v], axis=3)[:, :, :, :, None, :]
-            return dilated_attention(
+            kernel = pallas_local.dilated_attention if impl == "pallas" else dilated_attention
+            return kernel(
                 qkv,
                 kernel_size=self.kernel_size,
                 dilation=(self.dilation,),
@@ -208,9 +234,12 @@ class MultiDilateLocalAttention(nnx.Module):
       proj_drop: dropout after the output projection.
       kernel_size: window side (odd).
       dilation: one dilation rate per head group.
+      attention_impl: see :class:`DilateAttention` (Flax only).
 
     Shapes: ``(B, H, W, C) -> (B, H, W, C)`` (channels-last in upstream too).
     """
+
+    attention_impls = WINDOW_IMPLS
 
     def __init__(
         self,
@@ -223,11 +252,14 @@ class MultiDilateLocalAttention(nnx.Module):
         kernel_size: int = 3,
         dilation: Sequence[int] = (1, 2, 3),
         *,
+        attention_impl: str = "auto",
         dtype: Dtype = None,
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
         dilation = check_dilation(dilation)
+        check_attention_impl(attention_impl, WINDOW_IMPLS)
+        self.attention_impl = attention_impl
         head_dim = check_heads(dim, num_heads, len(dilation))
         check_kernel_size(kernel_size)
         self.dim = dim
@@ -245,6 +277,7 @@ class MultiDilateLocalAttention(nnx.Module):
                     attn_drop=attn_drop,
                     kernel_size=kernel_size,
                     dilation=d,
+                    attention_impl=attention_impl,
                     **kw,
                 )
                 for d in dilation
@@ -260,6 +293,11 @@ class MultiDilateLocalAttention(nnx.Module):
         n = self.num_dilation
         qkv = self.qkv(x).reshape(b, h, w, 3, n, c // n)
         groups = self.dilate_attention
+        dtype = groups[0].dtype or qkv.dtype
+        drops = [g.attn_drop for g in groups]
+        impl = _resolve(
+            self.attention_impl, dtype, c // self.num_heads, drops, "MultiDilateLocalAttention"
+        )
         if any(_dropping(g.attn_drop) for g in groups):
             out = jnp.concatenate(
                 [
@@ -272,7 +310,8 @@ class MultiDilateLocalAttention(nnx.Module):
             # All groups in one kernel call, straight off the projection's layout.
             if groups[0].dtype is not None:
                 qkv = qkv.astype(groups[0].dtype)
-            out = dilated_attention(
+            kernel = pallas_local.dilated_attention if impl == "pallas" else dilated_attention
+            out = kernel(
                 qkv,
                 kernel_size=self.kernel_size,
                 dilation=self.dilation,

@@ -40,6 +40,7 @@ from flaxattn.ops.checks import (
     check_positive,
     check_rate,
 )
+from flaxattn.ops.fused import check_attention_impl, fused_attention, resolve_attention_impl
 
 
 def pair(t: int | Sequence[int]) -> tuple[int, int]:
@@ -128,6 +129,11 @@ class Attention(nnx.Module):
       dropout: on the attention weights and after the output projection.
       scale: logit scale, default ``dim_head ** -0.5`` (vit-pytorch before 0.6.7
         used ``dim ** -0.5``).
+      attention_impl: ``'auto'`` (einsums; cuDNN flash attention on an NVIDIA GPU for
+        bfloat16/float16), ``'xla'`` or ``'cudnn'`` (``jax.nn.dot_product_attention``);
+        see :mod:`flaxattn.ops.fused`. Fused calls cannot drop attention weights:
+        with ``dropout > 0`` in train mode ``'auto'`` keeps the einsums and the
+        others raise. Parameters are the same whatever the choice.
 
     ``to_out`` (``Linear`` then ``Dropout``) is ``None`` when ``heads == 1 and
     dim_head == dim``: the attention output is returned as it is.
@@ -143,12 +149,15 @@ class Attention(nnx.Module):
         dropout: float = 0.0,
         scale: float | None = None,
         *,
+        attention_impl: str = "auto",
         dtype: Dtype = None,
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
         check_positive(dim=dim, heads=heads, dim_head=dim_head)
         _check_dropout(dropout=dropout)
+        check_attention_impl(attention_impl)
+        self.attention_impl = attention_impl
         inner_dim = dim_head * heads
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.dim, self.heads, self.dim_head = dim, heads, dim_head
@@ -172,12 +181,24 @@ class Attention(nnx.Module):
             w.reshape(self.dim, 3, h, d)
             * jnp.asarray([self.scale, 1.0, 1.0], w.dtype)[:, None, None]
         )
-        q, k, v = jnp.einsum("bnc,cthd->tbhnd", x, w)
-        logits = jnp.einsum("bhid,bhjd->bhij", q, k)
-        # Softmax in at least float32, whatever the compute dtype.
-        attn = jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), -1)
-        attn = self.dropout(attn.astype(v.dtype))
-        out = jnp.einsum("bhij,bhjd->bhid", attn, v)
+        drops = self.dropout.rate > 0 and not self.dropout.deterministic
+        impl = resolve_attention_impl(
+            self.attention_impl,
+            dtype=x.dtype,
+            head_dim=d,
+            where="Attention",
+            fused_ok="dropout on the attention weights in train mode" if drops else None,
+        )
+        if impl == "default":
+            q, k, v = jnp.einsum("bnc,cthd->tbhnd", x, w)
+            logits = jnp.einsum("bhid,bhjd->bhij", q, k)
+            # Softmax in at least float32, whatever the compute dtype.
+            attn = jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), -1)
+            attn = self.dropout(attn.astype(v.dtype))
+            out = jnp.einsum("bhij,bhjd->bhid", attn, v)
+        else:  # fused: (B, N, heads, d) in and out
+            q, k, v = jnp.einsum("bnc,cthd->tbnhd", x, w)
+            out = fused_attention(q, k, v, impl).transpose(0, 2, 1, 3)
         if self.to_out is None:  # heads == 1 and dim_head == dim
             return out[:, 0]
         proj, drop = self.to_out.layers
@@ -199,6 +220,7 @@ class Transformer(nnx.Module):
       scan: run the blocks under ``jax.lax.scan`` (Flax only): one compiled block
         whatever the depth. Parameters stay per block (``layers[i]``), stacked on
         the fly, so the two settings load the same checkpoints.
+      attention_impl: every block's :class:`Attention` implementation.
 
     Shapes: ``(B, N, dim) -> (B, N, dim)``.
     """
@@ -215,18 +237,22 @@ class Transformer(nnx.Module):
         scale: float | None = None,
         *,
         scan: bool = False,
+        attention_impl: str = "auto",
         dtype: Dtype = None,
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
         check_positive(depth=depth)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        impl = dict(attention_impl=attention_impl)
         self.scan = scan
         self.layers = nnx.List(
             [
                 nnx.List(
                     [
-                        PreNorm(dim, Attention(dim, heads, dim_head, dropout, scale, **kw), **kw),
+                        PreNorm(
+                            dim, Attention(dim, heads, dim_head, dropout, scale, **impl, **kw), **kw
+                        ),
                         PreNorm(dim, FeedForward(dim, mlp_dim, dropout, **kw), **kw),
                     ]
                 )
@@ -314,6 +340,7 @@ class ViT(nnx.Module):
       scale: attention logit scale, default ``dim_head ** -0.5``.
       scan: run the Transformer blocks under ``lax.scan`` (Flax only; see
         :class:`Transformer`).
+      attention_impl: see :class:`Attention` (Flax only).
       dtype: compute dtype (``jnp.bfloat16`` for mixed precision); parameters
         stay in ``param_dtype``.
 
@@ -362,6 +389,7 @@ class ViT(nnx.Module):
         mean_with_cls: bool = True,
         scale: float | None = None,
         scan: bool = False,
+        attention_impl: str = "auto",
         dtype: Dtype = None,
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
@@ -417,6 +445,7 @@ class ViT(nnx.Module):
             final_norm == "tokens",
             scale,
             scan=scan,
+            attention_impl=attention_impl,
             **kw,
         )
         self.pool = pool

@@ -1,6 +1,8 @@
 """Pure functions, no modules: kernels with their custom VJPs, one file per kernel family.
 
 ``local.py`` (windowed and ACmix local attention), ``dilated.py`` (DilateFormer's MSDA),
+``pallas_local.py`` (the same window attention as Pallas GPU kernels), ``fused.py`` (choosing
+an ``attention_impl``: einsums, ``jax.nn.dot_product_attention`` XLA/cuDNN, Pallas),
 ``depthwise.py`` (depthwise and grouped shift convolutions), ``relative.py`` (AA-Conv's
 relative logits), ``reversible.py`` (the reversible coupling), ``dropout.py`` (hashed
 dropout masks); plus ``init.py`` (torch-like initialisers), ``checks.py`` (argument

@@ -11,7 +11,15 @@ from flax import nnx
 
 import flaxattn
 import torch_ref
-from parity_tests.registry import BadArgs, BadCall, Case, GoldenCase, register
+from parity_tests.registry import (
+    FUSED_XLA_TOL,
+    BadArgs,
+    BadCall,
+    Case,
+    GoldenCase,
+    register,
+    with_attention_impl,
+)
 
 AA = torch_ref.AugmentedConv
 
@@ -24,6 +32,13 @@ def _biases(*convs: str) -> tuple[str, ...]:
 
 register(
     Case("aa_conv/norel_odd", lambda: AA(3, 10, 5, dk=4, dv=2, Nh=2), [(2, 3, 9, 7)]),
+    Case(
+        "aa_conv/norel_odd_impl_xla",
+        lambda: AA(3, 10, 5, dk=4, dv=2, Nh=2),
+        [(2, 3, 9, 7)],
+        make_flax=with_attention_impl("xla"),
+        tol=FUSED_XLA_TOL,
+    ),
     Case(
         "aa_conv/norel_k1_s2",
         lambda: AA(4, 8, 1, dk=4, dv=4, Nh=2, stride=2),

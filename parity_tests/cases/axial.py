@@ -19,7 +19,14 @@ from flax import nnx
 
 import flaxattn
 import torch_ref
-from parity_tests.registry import BadArgs, BadCall, Case, register
+from parity_tests.registry import (
+    FUSED_XLA_TOL,
+    BadArgs,
+    BadCall,
+    Case,
+    register,
+    with_attention_impl,
+)
 
 
 def _upstream():
@@ -31,6 +38,13 @@ NONE = {"layouts": "none", "out_layouts": "none"}
 register(
     # SelfAttention on (B, T, dim), with cross-attention and an explicit head width.
     Case("axial/self_attention", lambda: torch_ref.AxialSelfAttention(16, 4), [(2, 7, 16)]),
+    Case(
+        "axial/self_attention_kv_impl_xla",
+        lambda: torch_ref.AxialSelfAttention(12, 3, 5),
+        [(2, 7, 12), (2, 4, 12)],
+        make_flax=with_attention_impl("xla"),
+        tol=FUSED_XLA_TOL,
+    ),
     Case(
         "axial/self_attention_kv_batch1",
         lambda: torch_ref.AxialSelfAttention(12, 3, 5),

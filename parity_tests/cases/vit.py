@@ -15,7 +15,14 @@ from flax import nnx
 
 import flaxattn
 import torch_ref
-from parity_tests.registry import BadArgs, BadCall, Case, register
+from parity_tests.registry import (
+    FUSED_XLA_TOL,
+    BadArgs,
+    BadCall,
+    Case,
+    register,
+    with_attention_impl,
+)
 from parity_tests.upstream import vit_pytorch
 
 
@@ -45,6 +52,21 @@ register(
         dtypes=("float64",),
     ),
     Case("vit/attention", lambda: torch_ref.Attention(16, heads=3, dim_head=5), [(2, 7, 16)]),
+    # attention_impl='xla': jax.nn.dot_product_attention instead of the einsums.
+    Case(
+        "vit/attention_impl_xla",
+        lambda: torch_ref.Attention(16, heads=3, dim_head=5),
+        [(2, 7, 16)],
+        make_flax=with_attention_impl("xla"),
+        tol=FUSED_XLA_TOL,
+    ),
+    Case(
+        "vit/cls_rect_depth2_impl_xla",
+        lambda: torch_ref.ViT(**_vit(depth=2)),
+        [(2, 3, 8, 12)],
+        make_flax=with_attention_impl("xla"),
+        tol=FUSED_XLA_TOL,
+    ),
     Case(
         "vit/attention_scale",
         lambda: torch_ref.Attention(12, heads=2, dim_head=6, scale=12**-0.5),
