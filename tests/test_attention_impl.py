@@ -72,7 +72,8 @@ RESOLVE = [
     ("auto", "bfloat16", 64, False, True, "gpu", "default"),  # attention dropout
     ("xla", "float32", 5, False, False, "cpu", "xla"),
     ("cudnn", "bfloat16", 64, False, False, "gpu", "cudnn"),
-    ("auto", "float32", 8, True, False, "gpu", "pallas"),
+    # The Pallas kernel is not the GPU default until a GPU has run it (PALLAS_BY_DEFAULT).
+    ("auto", "float32", 8, True, False, "gpu", "default"),
     ("auto", "float32", 8, True, True, "gpu", "default"),
     ("auto", "float32", 8, True, False, "cpu", "default"),
     ("auto", "float64", 8, True, False, "gpu", "default"),

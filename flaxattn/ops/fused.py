@@ -58,6 +58,10 @@ def cudnn_ok(dtype, head_dim: int, backend: str) -> bool:
     )
 
 
+# Whether 'auto' picks the Pallas window kernel on a GPU (see resolve_attention_impl).
+PALLAS_BY_DEFAULT = False
+
+
 def resolve_attention_impl(
     impl: str,
     *,
@@ -94,7 +98,11 @@ def resolve_attention_impl(
                 f"({fused_ok}) on backend {backend!r}; use 'auto' or 'xla'"
             )
         if impl == "auto":
-            return "pallas" if pallas and fused_ok is None else "default"
+            # The Pallas kernel has been checked in interpret mode and lowered for CUDA,
+            # but never compiled or run on a GPU (no device yet): 'auto' keeps the XLA
+            # kernel until bench/gpu_check.sh has run it. Flip PALLAS_BY_DEFAULT then.
+            use = PALLAS_BY_DEFAULT and pallas and fused_ok is None
+            return "pallas" if use else "default"
         if impl == "pallas" and not pallas:
             raise ValueError(
                 f"{where}: `attention_impl` (='pallas') cannot run on backend {backend!r} with "
