@@ -74,6 +74,7 @@ class HloOp:
     kind: str  # opcode, or "<fusion kind>:<dot|convolution|root opcode>" for a fusion
     matmul: bool
     source: str  # "path:line" of the frame that produced it ("" when unknown)
+    shape: str = ""  # result shape, layout dropped
 
 
 @dataclasses.dataclass
@@ -87,6 +88,7 @@ class _Instr:
     fusion_kind: str
     target: str
     root: bool
+    shape: str
 
 
 _INSTR = re.compile(r"^\s*(ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
@@ -207,6 +209,7 @@ def parse_hlo(text: str) -> tuple[str, dict[str, HloOp]]:
             fusion_kind=(backend.group(1) if backend else fkind.group(1).lower() if fkind else ""),
             target=target.group(1) if target else "",
             root=bool(root),
+            shape=re.sub(r"\{[^}]*\}", "", rest[: op.start()]).strip(),
         )
         comps[comp].append(name)
 
@@ -243,7 +246,7 @@ def parse_hlo(text: str) -> tuple[str, dict[str, HloOp]]:
         src = next((s for s in (source(b) for b in mm) if s), "") or source(i)
         if not src and i.opcode == "fusion":
             src = next((s for s in (source(b) for b in body if b.root) if s), "")
-        ops[i.name] = HloOp(i.name, kind, is_matmul(i) or bool(mm), src)
+        ops[i.name] = HloOp(i.name, kind, is_matmul(i) or bool(mm), src, i.shape)
     return head.group(1), ops
 
 
@@ -258,6 +261,7 @@ class Row:
     kind: str
     source: str
     matmul: bool
+    shape: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -331,11 +335,36 @@ def jax_profile(run: Callable[[], None], hlo_text: str, steps: int) -> Side:
     rows = []
     for name, (us, count) in _self_times(events).items():
         op = ops.get(name, HloOp(name, "?", False, ""))
-        rows.append(Row(name, us / 1e3 / steps, count / steps, op.kind, op.source, op.matmul))
+        rows.append(
+            Row(name, us / 1e3 / steps, count / steps, op.kind, op.source, op.matmul, op.shape)
+        )
     rows.sort(key=lambda r: -r.ms)
     return Side(
         f"JAX jit (XLA:{jax.default_backend().upper()}), module {module}", 1e3 * wall / steps, rows
     )
+
+
+def by_line(side: Side) -> Side:
+    """The JAX rows summed per (source line, kind): one row per line of code instead of
+    one per instruction (a layer repeated ``depth`` times shows once); ``calls`` counts
+    the instructions, ``name`` their number."""
+    groups: dict[tuple[str, str, bool], list[Row]] = collections.defaultdict(list)
+    for r in side.rows:
+        groups[(r.source or "-", r.kind, r.matmul)].append(r)
+    rows = [
+        Row(
+            f"{len(rs)} instr",
+            sum(r.ms for r in rs),
+            sum(r.calls for r in rs),
+            kind,
+            src,
+            mm,
+            rs[0].shape if len({r.shape for r in rs}) == 1 else "(various)",
+        )
+        for (src, kind, mm), rs in groups.items()
+    ]
+    rows.sort(key=lambda r: -r.ms)
+    return dataclasses.replace(side, title=side.title + ", by source line", rows=rows)
 
 
 def torch_is_matmul(name: str) -> bool:
@@ -382,7 +411,7 @@ def format_side(side: Side, top: int, *, jax_side: bool) -> str:
         f"{side.title}: {side.wall_ms:.2f} ms/step wall; top {top} "
         + ("HLO instructions by self time" if jax_side else "operators by self CPU time"),
         f"  {'ms/step':>8} {'share':>6} {'calls':>5}  {'mm':2}  {'op':<{name_w}}"
-        + (f"  {'kind':<18} source" if jax_side else ""),
+        + (f"  {'kind':<18} {'shape':<24} source" if jax_side else ""),
     ]
     for r in side.rows[:top]:
         line = (
@@ -390,20 +419,25 @@ def format_side(side: Side, top: int, *, jax_side: bool) -> str:
             f"  {r.name:<{name_w}}"
         )
         if jax_side:
-            line += f"  {r.kind:<18} {r.source or '-'}"
+            line += f"  {r.kind:<18} {r.shape:<24} {r.source or '-'}"
         lines.append(line.rstrip())
     lines.append(f"  totals per step: {totals_line(side)}")
     return "\n".join(lines)
 
 
-def profile_case(case: BenchCase, *, steps: int, warmup: int, threads: int) -> tuple[Side, Side]:
-    """``(jax_side, torch_side)`` for ``case``: same weights, inputs and thread count."""
+def profile_case(
+    case: BenchCase, *, steps: int, warmup: int, threads: int, hlo_path: str | None = None
+) -> tuple[Side, Side]:
+    """``(jax_side, torch_side)`` for ``case``: same weights, inputs and thread count.
+    ``hlo_path``: also write the compiled HLO text there (to read a fusion's body)."""
     import torch
 
     torch.set_num_threads(threads)
     xs, tm, fm = case_models(case)
     run, compiled = jax_compiled_step(fm, xs, case.layouts)
     hlo = compiled.as_text()
+    if hlo_path:
+        Path(hlo_path).write_text(hlo)
     trun = torch_step(tm, xs)
     for _ in range(warmup):
         run()
@@ -411,7 +445,16 @@ def profile_case(case: BenchCase, *, steps: int, warmup: int, threads: int) -> t
     return jax_profile(run, hlo, steps), torch_profile(trun, steps)
 
 
-def report(case: BenchCase, jside: Side, tside: Side, *, steps: int, top: int, threads: int) -> str:
+def report(
+    case: BenchCase,
+    jside: Side,
+    tside: Side,
+    *,
+    steps: int,
+    top: int,
+    threads: int,
+    group: str = "op",
+) -> str:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
     head = (
         f"{case.name}: train step (fwd+bwd+AdamW), {steps} steps profiled, shapes "
@@ -419,7 +462,12 @@ def report(case: BenchCase, jside: Side, tside: Side, *, steps: int, top: int, t
         f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} cpus)"
     )
     return "\n\n".join(
-        [head, format_side(jside, top, jax_side=True), format_side(tside, top, jax_side=False)]
+        [
+            head,
+            format_side(jside, top, jax_side=True),
+            *([format_side(by_line(jside), top, jax_side=True)] if group == "line" else []),
+            format_side(tside, top, jax_side=False),
+        ]
     )
 
 
@@ -436,6 +484,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=default_threads(),
         help="torch intra-op threads (XLA:CPU sizes its own pool, one thread per core)",
     )
+    p.add_argument(
+        "--by-line",
+        action="store_true",
+        help="also print the JAX table summed per source line and kind",
+    )
+    p.add_argument("--hlo", metavar="FILE", help="write the compiled HLO text to FILE")
     args = p.parse_args(argv)
     if args.case not in cases:
         p.error(f"unknown case {args.case!r}; valid: {sorted(cases)}")
@@ -445,8 +499,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.warmup < 0:
         p.error(f"--warmup (={args.warmup}) must be at least 0")
     case = cases[args.case]
-    jside, tside = profile_case(case, steps=args.steps, warmup=args.warmup, threads=args.threads)
-    print(report(case, jside, tside, steps=args.steps, top=args.top, threads=args.threads))
+    jside, tside = profile_case(
+        case, steps=args.steps, warmup=args.warmup, threads=args.threads, hlo_path=args.hlo
+    )
+    print(
+        report(
+            case,
+            jside,
+            tside,
+            steps=args.steps,
+            top=args.top,
+            threads=args.threads,
+            group="line" if args.by_line else "op",
+        )
+    )
     return 0
 
 

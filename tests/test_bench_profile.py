@@ -20,12 +20,16 @@ def _rows(block: str) -> list[str]:
 
 
 def test_profile_prints_both_tables(capsys):
-    assert main(["channel/se", "--steps", "2", "--top", "5", "--warmup", "1"]) == 0
+    argv = ["channel/se", "--steps", "2", "--top", "5", "--warmup", "1", "--by-line"]
+    assert main(argv) == 0
     out = capsys.readouterr().out
-    head, jax_block, torch_block = out.strip().split("\n\n")
+    head, jax_block, line_block, torch_block = out.strip().split("\n\n")
     assert head.startswith("channel/se:") and "load average" in head
     assert jax_block.startswith("JAX jit") and torch_block.startswith("torch ")
-    for block in (jax_block, torch_block):
+    assert "by source line" in line_block
+    # summed per line, the JAX totals are the same
+    assert TOTALS.findall(jax_block) == TOTALS.findall(line_block)
+    for block in (jax_block, line_block, torch_block):
         assert len(_rows(block)) == 5, block
         (totals,) = TOTALS.findall(block)
         mm, other, total = map(float, totals)
