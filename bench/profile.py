@@ -24,7 +24,11 @@ add overhead; use ``python -m bench`` for timings).
 Examples::
 
     python -m bench.profile vit/small
-    python -m bench.profile channel/resblock_cbam --steps 5 --top 20
+    python -m bench.profile channel/resblock_cbam --steps 5 --top 20 --by-line
+    taskset -c 0 python -m bench.profile axial/ait_d4_reversible --threads 1 --hlo step.hlo
+
+``--by-line`` adds the JAX rows summed per source line and kind; ``--hlo`` writes the
+compiled HLO text (to read a fusion's body). Tables and what they show: ``NOTES-prof.md``.
 """
 
 from __future__ import annotations
@@ -482,7 +486,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--threads",
         type=int,
         default=default_threads(),
-        help="torch intra-op threads (XLA:CPU sizes its own pool, one thread per core)",
+        help="torch intra-op threads; XLA:CPU sizes its own pool to the cores the process may "
+        "use (run under `taskset -c 0` with --threads 1 for a one-core comparison)",
     )
     p.add_argument(
         "--by-line",
