@@ -160,12 +160,7 @@ def _pick_source(chain: list[tuple[str, int]]) -> str:
     rels = [(_rel(f), line) for f, line in chain]
     best = next((r for r in rels if r[0].startswith("flaxattn/")), None)
     best = best or next(
-        (
-            r
-            for r in rels
-            if not Path(r[0]).is_absolute() and "/" in r[0] and (REPO / r[0]).exists()
-        ),
-        None,
+        (r for r in rels if not Path(r[0]).is_absolute() and (REPO / r[0]).is_file()), None
     )
     if best is None:
         return f"{rels[0][0]}:{rels[0][1]}"
@@ -241,7 +236,7 @@ def parse_hlo(text: str) -> tuple[str, dict[str, HloOp]]:
         body = inner(i.calls, set()) if i.opcode == "fusion" else []
         mm = [b for b in body if is_matmul(b)]
         if i.opcode == "fusion":
-            root = next((b for b in body if b.root and b.computation == i.calls[0]), None)
+            root = next((b for b in body if b.root and b.computation in i.calls[:1]), None)
             what = mm[0].opcode if mm else (root.opcode if root else "?")
             kind = f"{i.fusion_kind or 'fusion'}:{what}"
         else:

@@ -3,6 +3,7 @@ from running it on the real cases; see NOTES-prof.md)."""
 
 import math
 import re
+from pathlib import Path
 
 import pytest
 
@@ -95,3 +96,37 @@ def test_profile_argument_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+# tests/data/profile_step.hlo: a compiled module as jax 0.10.2 prints it, with stack frames
+# instead of source lines ({repo} stands for this repository). Frame 4 (linear.py:422) has
+# parent_frame_id=4, i.e. frame 3 (se.py:62), then frame 2 (the loss in train/step.py), then
+# frame 1 (the caller's script), whose parent_frame_id=1 ends the chain.
+_HLO = (Path(__file__).parent / "data" / "profile_step.hlo").read_text()
+
+
+@pytest.mark.parametrize(
+    "name, kind, matmul, source, shape",
+    [
+        ("ynn_fusion.4", "ynn:dot", True, "flaxattn/layers/se.py:62 < linear.py:422", "f32[4,4]"),
+        ("broadcast_multiply_fusion", "loop:multiply", False, "flaxattn/layers/se.py:63", ""),
+        ("copy.1", "copy", False, "train/step.py:62", "f32[64,4]"),
+        ("dot.2", "dot", True, "", "f32[64,4]"),  # no metadata: no source
+        ("tuple", "tuple", False, "", "(f32[4,4], f32[4,8,8,64])"),
+    ],
+)
+def test_parse_hlo(name, kind, matmul, source, shape):
+    from bench.profile import REPO, parse_hlo
+
+    module, ops = parse_hlo(_HLO.replace("{repo}", str(REPO)))
+    assert module == "jit_step4"
+    op = ops[name]
+    assert (op.kind, op.matmul, op.source) == (kind, matmul, source)
+    assert shape == "" or op.shape == shape
+
+
+def test_parse_hlo_refuses_other_text():
+    from bench.profile import parse_hlo
+
+    with pytest.raises(ValueError, match="`text` is not an HLO module"):
+        parse_hlo("module @jit_step {}")
