@@ -22,6 +22,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -79,6 +80,17 @@ def _sq_loss(out):
 
 def jax_step(module: nnx.Module, xs: list[np.ndarray], layouts) -> tuple[Callable, float, float]:
     """``(run_one_step, temp_bytes, flops_per_step)`` for ``module`` in train mode."""
+    run, compiled = jax_compiled_step(module, xs, layouts)
+    temp = compiled.memory_analysis().temp_size_in_bytes
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    return run, temp, flops
+
+
+def jax_compiled_step(module: nnx.Module, xs: list[np.ndarray], layouts) -> tuple[Callable, Any]:
+    """``(run_one_step, compiled)``: the train step of :func:`jax_step` and its compiled
+    executable (``compiled.as_text()`` is the optimised HLO; ``bench.profile`` reads it)."""
     module.train()
     lay = [layouts] * len(xs) if isinstance(layouts, str) else list(layouts)
     batch = tuple(jnp.asarray(to_flax_layout(x, la)) for x, la in zip(xs, lay, strict=True))
@@ -91,17 +103,13 @@ def jax_step(module: nnx.Module, xs: list[np.ndarray], layouts) -> tuple[Callabl
 
     step = make_train_step(graphdef, tx, loss_fn)
     compiled = step.lower(params, rest, opt_state, batch).compile()
-    temp = compiled.memory_analysis().temp_size_in_bytes
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", 0.0)) if cost else 0.0
     state = [params, rest, opt_state]
 
     def run():
         state[0], state[1], state[2], loss, _ = compiled(state[0], state[1], state[2], batch)
         loss.block_until_ready()
 
-    return run, temp, flops
+    return run, compiled
 
 
 def torch_step(model, xs: list[np.ndarray]) -> Callable[[], None]:
@@ -130,18 +138,26 @@ def matmul_gflops(n: int = 2048, iters: int = 10) -> float:
     return 2 * n**3 / (ms * 1e-3) / 1e9
 
 
+def case_models(case: BenchCase) -> tuple[list[np.ndarray], Any, nnx.Module]:
+    """``(inputs, torch_module, flax_module)`` of a case: seeded inputs in the torch
+    layout, the float32 twin, and the Flax module holding the same weights."""
+    import torch
+
+    torch.manual_seed(0)
+    xs = _inputs(case)
+    tm = case.make_torch().float()
+    make_flax = case.make_flax or (lambda m: from_torch(m, param_dtype=jnp.float32))
+    return xs, tm, make_flax(tm)
+
+
 def run_case(
     case: BenchCase, *, iters: int, warmup: int, compile: bool, threads: int
 ) -> list[Result]:
     import torch
 
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    xs = _inputs(case)
-    tm = case.make_torch().float()
-    make_flax = case.make_flax or (lambda m: from_torch(m, param_dtype=jnp.float32))
-
-    run, temp, flops = jax_step(make_flax(tm), xs, case.layouts)
+    xs, tm, fm = case_models(case)
+    run, temp, flops = jax_step(fm, xs, case.layouts)
     res = Result(case.name, _median_ms(run, iters, warmup), temp_mb=temp / 2**20)
     if case.flops and flops:
         res.gflops = flops / (res.jax_ms * 1e-3) / 1e9
