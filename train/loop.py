@@ -128,6 +128,13 @@ class Run:
         return Path(self.cfg.workdir)
 
 
+def _rngs(cfg: TrainConfig) -> nnx.Rngs:
+    """The model's RNG streams. build_run's abstract model must use the same streams as
+    create_state's: the shardings are built from its state, whose RNG variables carry
+    their stream's name (a ``default`` stream there fails device_put on ``dropout``)."""
+    return nnx.Rngs(params=cfg.seed, dropout=cfg.seed + 1)
+
+
 def _check_workdir(cfg: TrainConfig) -> None:
     """Refuse to mix two runs in one workdir; ``--overwrite`` clears the old one."""
     workdir = Path(cfg.workdir)
@@ -191,7 +198,7 @@ def build_run(cfg: TrainConfig, *, devices: int | None = None) -> Run:
     # Only the structure is needed here; create_state builds the values.
     try:
         abstract = nnx.eval_shape(
-            lambda: build_flax(spec, info, cfg.model_overrides, rngs=nnx.Rngs(0), dtype=dtype)
+            lambda: build_flax(spec, info, cfg.model_overrides, rngs=_rngs(cfg), dtype=dtype)
         )
     except (TypeError, ValueError) as e:
         # A wrong --set value reaches the constructor's own argument checks.
@@ -248,7 +255,7 @@ def create_state(run: Run) -> TrainState:
         run.spec,
         run.data.info,
         cfg.model_overrides,
-        rngs=nnx.Rngs(params=cfg.seed, dropout=cfg.seed + 1),
+        rngs=_rngs(cfg),
         dtype=dtype,
     )
     if cfg.init_from:
@@ -511,7 +518,7 @@ def _float32(run: Run, model: nnx.Module) -> nnx.Module:
     """``model`` itself, or a float32-compute copy of it for a bfloat16 run (same weights)."""
     if run.cfg.dtype != "bfloat16":
         return model
-    fp32 = build_flax(run.spec, run.data.info, run.cfg.model_overrides, rngs=nnx.Rngs(0))
+    fp32 = build_flax(run.spec, run.data.info, run.cfg.model_overrides, rngs=_rngs(run.cfg))
     nnx.update(fp32, nnx.state(model))
     return fp32
 
