@@ -128,7 +128,7 @@ def test_gate_stops_an_injected_fault_before_the_first_step(
 
 def test_clean_init_from_passes_prints_its_line_and_trains(clean_run):
     line = next(s for s in clean_run["stdout"].splitlines() if s.startswith("parity gate"))
-    assert line.startswith("parity gate passed (cbam_resnet <- twin.pt, 32 images, float32")
+    assert line.startswith("parity gate passed (cbam_resnet <- twin.pt, 16 images, float32")
     for part in ("eval: output", "grad_input", "grad_param", "train: output", "buffer"):
         assert part in line
     assert clean_run["result"]["steps"] == 2
@@ -177,7 +177,7 @@ def test_verify_rechecks_the_certificate_in_pytorch(
     cert = json.loads(path.with_name(path.name + ".json").read_text())["certificate"]
     assert cert["passed"] and cert["weights_sha256"] == sha256(path)
     assert set(cert["max_errors"]) == {"eval", "train"}
-    assert cert["batch"]["shape"] == [32, 8, 8, 1] and cert["batch"]["dataset"] == "digits"
+    assert cert["batch"]["shape"] == [16, 8, 8, 1] and cert["batch"]["dataset"] == "digits"
     assert set(cert["versions"]) == {"torch", "jax", "flaxattn"}
     change(path)
     rc = verify_main([str(path)])
