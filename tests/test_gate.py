@@ -194,3 +194,40 @@ def test_without_torch_the_gate_is_skipped_with_a_notice(init_file, monkeypatch)
     model = build_flax(spec, data.info, OVERRIDES, rngs=nnx.Rngs(0))
     line = parity_gate(spec, data.info, OVERRIDES, model, init_file, np.zeros((2, 8, 8, 1)))
     assert line.startswith("parity gate skipped: torch is not installed")
+
+
+# (model, dataset, compute dtype, start from the twin's weights): dropout models (no
+# BatchNorm: eval mode only) and bfloat16 runs (checked on a float32-compute copy).
+RUNS = [
+    ("vit_tiny", {"depth": 1}, "float32", False),
+    ("cbam_resnet", OVERRIDES, "bfloat16", True),
+]
+
+
+@pytest.mark.parametrize(
+    "model,overrides,dtype,from_twin", RUNS, ids=[f"{r[0]}-{r[2]}" for r in RUNS]
+)
+def test_export_certificate_verifies(
+    init_file, tmp_path, capsys, model, overrides, dtype, from_twin
+):
+    cfg = TrainConfig(
+        model=model,
+        dataset="digits",
+        model_overrides=overrides,
+        batch_size=32,
+        workdir=str(tmp_path / "run"),
+        progress=False,
+        tensorboard=False,
+        epochs=1,
+        max_steps=1,
+        dtype=dtype,
+        init_from=str(init_file) if from_twin else None,
+        export=str(tmp_path / "w.npz"),
+    )
+    train_and_evaluate(cfg)
+    said = capsys.readouterr().out
+    assert ("parity gate passed" in said) == from_twin
+    cert = json.loads((tmp_path / "w.npz.json").read_text())["certificate"]
+    assert cert["passed"]
+    assert set(cert["max_errors"]) == ({"eval", "train"} if model == "cbam_resnet" else {"eval"})
+    assert verify_main([str(tmp_path / "w.npz")]) == 0
