@@ -231,3 +231,10 @@ def test_export_certificate_verifies(
     assert cert["passed"]
     assert set(cert["max_errors"]) == ({"eval", "train"} if model == "cbam_resnet" else {"eval"})
     assert verify_main([str(tmp_path / "w.npz")]) == 0
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz", ".pt"])
+def test_scalars_keep_their_shape_in_weight_files(tmp_path, suffix):
+    # A BatchNorm's num_batches_tracked is 0-d: a Flax export must load back (--init-from).
+    path = save_weights({"n": np.array(3, np.int64), "w": np.ones((2, 3))}, tmp_path / f"w{suffix}")
+    assert {k: v.shape for k, v in load_weights(path).items()} == {"n": (), "w": (2, 3)}

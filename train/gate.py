@@ -81,9 +81,9 @@ def _twin_state_dict(twin, state_dict: dict) -> dict:
 
     ref = twin.state_dict()
     return {
-        k: torch.from_numpy(np.ascontiguousarray(v)).to(ref[k].dtype)
+        k: torch.from_numpy(np.require(v, requirements="C")).to(ref[k].dtype)
         if k in ref
-        else torch.from_numpy(np.ascontiguousarray(v))
+        else torch.from_numpy(np.require(v, requirements="C"))
         for k, v in state_dict.items()
     }
 
