@@ -18,12 +18,18 @@ import torch
 from flax import nnx
 
 import flaxattn.convert.rules as rules
-from flaxattn.convert import load_weights, save_weights
+from flaxattn.convert import (
+    load_state_dict,
+    load_weights,
+    save_weights,
+    to_torch_state_dict,
+    torch_layout,
+)
 from flaxattn.layers.basic import Conv2d
 from train.__main__ import main as train_main
 from train.config import TrainConfig
 from train.data import load_dataset
-from train.gate import parity_gate, sha256
+from train.gate import batch_images, parity_gate, sha256
 from train.loop import train_and_evaluate
 from train.models import build_flax, build_torch, get_model
 from train.verify import main as verify_main
@@ -238,3 +244,30 @@ def test_scalars_keep_their_shape_in_weight_files(tmp_path, suffix):
     # A BatchNorm's num_batches_tracked is 0-d: a Flax export must load back (--init-from).
     path = save_weights({"n": np.array(3, np.int64), "w": np.ones((2, 3))}, tmp_path / f"w{suffix}")
     assert {k: v.shape for k, v in load_weights(path).items()} == {"n": (), "w": (2, 3)}
+
+
+VIT_LAYOUTS = [
+    "canonical",
+    "vit-pytorch 0.3-0.6",
+    "vit-pytorch 0.7-0.9",
+    "vit-pytorch 1.4-1.16.0",
+    "vit-pytorch 1.16.1+",
+]
+
+
+@pytest.mark.parametrize("layout", VIT_LAYOUTS)
+def test_upstream_layouts_go_through_the_same_gate(tmp_path, layout):
+    """A vit-pytorch release's keys: the Flax side recognises the layout, the twin gets
+    the file re-keyed to ours, gradients are compared under the twin's names."""
+    spec, data, overrides = get_model("vit_tiny"), load_dataset("digits"), {"depth": 1}
+    torch.manual_seed(0)
+    source = build_flax(spec, data.info, overrides, rngs=nnx.Rngs(0))
+    load_state_dict(source, build_torch(spec, data.info, overrides).state_dict())
+    path = save_weights(to_torch_state_dict(source, layout=layout), tmp_path / "up.safetensors")
+    model = build_flax(spec, data.info, overrides, rngs=nnx.Rngs(1))
+    load_state_dict(model, load_weights(path))
+    assert torch_layout(model) == layout
+    x = batch_images(data.train, range(8), data)
+    line = parity_gate(spec, data.info, overrides, model, path, x)
+    assert line.startswith("parity gate passed (vit_tiny <- up.safetensors")
+    assert (f"({layout} layout)" in line) == (layout != "canonical")
