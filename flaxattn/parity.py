@@ -238,9 +238,13 @@ def flax_vjp(
     cotangents: Sequence[jax.Array],
     *,
     jit: bool = True,
+    compiler_options: dict | None = None,
 ) -> dict:
     """The Flax side of :func:`torch_vjp` (inputs in Flax layout); updates ``module``'s
     non-parameter state (running statistics, RNG counters) as a forward call would.
+
+    ``compiler_options`` (XLA options, e.g. a low optimisation level for a check that
+    runs once) compile for this call only.
 
     Returns ``out`` (list), ``grad_in`` (list) and ``grads`` (by Flax path).
     """
@@ -248,6 +252,9 @@ def flax_vjp(
     args = (params, rest, tuple(inputs), tuple(cotangents))
     if not jit:
         ys, gp, gx, new_rest = _vjp_run(graphdef, *args)
+    elif compiler_options:
+        run = jax.jit(functools.partial(_vjp_run, graphdef), compiler_options=compiler_options)
+        ys, gp, gx, new_rest = run(*args)
     elif _hashable(graphdef):
         ys, gp, gx, new_rest = _vjp_run_jit(graphdef, *args)
     else:  # unhashable static attributes: compile for this call only
@@ -335,6 +342,7 @@ def check_parity(
     copy_weights: bool = True,
     perturb: float = 0.0,
     jit: bool = True,
+    compiler_options: dict | None = None,
     seed: int = 0,
     name: str | None = None,
 ) -> ParityReport:
@@ -367,6 +375,9 @@ def check_parity(
         an average-pooled input there, where the two frameworks' round-off
         picks different sides).
       jit: run the Flax side under ``jax.jit`` (what users run).
+      compiler_options: XLA compiler options for the Flax side's compile (with ``jit``),
+        e.g. ``{"xla_backend_optimization_level": 0}`` where compile time dominates a
+        check that runs once (``train/gate.py``); compiled for this call only.
       seed: seeds the inputs and cotangents.
     """
     if dtype not in TOLERANCES:
@@ -427,6 +438,7 @@ def check_parity(
             [jnp.asarray(to_flax_layout(x, lay)) for x, lay in zip(xs, in_lay, strict=True)],
             [jnp.asarray(to_flax_layout(c, lay)) for c, lay in zip(cots, out_lay, strict=True)],
             jit=jit,
+            compiler_options=compiler_options,
         )
         compare_results(
             report,

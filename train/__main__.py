@@ -7,6 +7,7 @@ Examples::
     python -m train --model vit_tiny --set depth=4 --set dim=96 --dtype bfloat16
     python -m train --resume --workdir runs/vit       # continue an interrupted run exactly
     python -m train --init-from vit.pt --export vit_finetuned.safetensors
+    python -m train.verify vit_finetuned.safetensors  # re-check its parity certificate
     python -m train --list                            # models and datasets
 
 Scale (see the README's "Training at scale")::
@@ -86,7 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-checkpoints", type=int)
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     p.add_argument("--init-from", help="start from PyTorch weights (.pt/.pth/.safetensors/.npz)")
-    p.add_argument("--export", help="write the trained weights as a torch state_dict")
+    p.add_argument(
+        "--no-parity-check",
+        action="store_true",
+        help="skip the parity gate of --init-from (JAX vs PyTorch on the file, before step 1)",
+    )
+    p.add_argument(
+        "--export",
+        help="write the trained weights as a torch state_dict, and <file>.json with a parity "
+        "certificate (check it with python -m train.verify FILE)",
+    )
     p.add_argument("--log-every", type=int)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --workdir")
@@ -132,6 +142,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values["resume"] = args.resume
     values["overwrite"] = args.overwrite
     values["tensorboard"] = not args.no_tensorboard
+    values["parity_check"] = not args.no_parity_check
     values["progress"] = not args.no_progress and sys.stderr.isatty()
     if not args.workdir:
         values["workdir"] = f"runs/{model}"
@@ -154,6 +165,7 @@ def main(argv=None) -> int:
         _list()
         return 0
     from train.checkpoint import CheckpointError
+    from train.gate import CertificateError
     from train.loop import NonFiniteLossError, say
 
     try:
@@ -166,12 +178,19 @@ def main(argv=None) -> int:
         from train.loop import train_and_evaluate
 
         result = train_and_evaluate(cfg, devices=args.devices)
-    except (ValueError, FileNotFoundError, CheckpointError, NonFiniteLossError) as e:
+    except (
+        ValueError,
+        FileNotFoundError,
+        CheckpointError,
+        NonFiniteLossError,
+        CertificateError,
+    ) as e:
         if args.debug:
             raise
-        # One line for a user's mistake (exit 2) or a run that went wrong (exit 1).
+        # One line for a user's mistake (exit 2) or a run that went wrong (exit 1); a
+        # failed parity gate (a ValueError, exit 2) adds its table of failures.
         print(f"error: {e}", file=sys.stderr)
-        return 1 if isinstance(e, NonFiniteLossError) else 2
+        return 1 if isinstance(e, (NonFiniteLossError, CertificateError)) else 2
     if result["preempted"]:
         return 0  # the loop said where the checkpoint is
     say(

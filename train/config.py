@@ -53,6 +53,7 @@ class TrainConfig:
     resume: bool = False
     init_from: str | None = None
     export: str | None = None
+    parity_check: bool = True  # the parity gate of --init-from (train/gate.py)
     log_every: int = 20
     progress: bool = True
     overwrite: bool = False  # start afresh in a workdir that holds another run

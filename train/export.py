@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from flax import nnx
@@ -41,11 +42,31 @@ def check_export_path(path: str | os.PathLike) -> Path:
     return path
 
 
-def export_weights(model: nnx.Module, cls: str, kwargs: dict, path: str | os.PathLike) -> Path:
-    """Write ``model``'s weights as a torch state_dict plus its ``.json`` description."""
+def export_weights(
+    model: nnx.Module,
+    cls: str,
+    kwargs: dict,
+    path: str | os.PathLike,
+    *,
+    certify: Callable[[Path], dict] | None = None,
+) -> dict:
+    """Write ``model``'s weights as a torch state_dict plus its ``.json`` description.
+
+    ``certify(path)``, called once the weights are written, returns the description's
+    ``certificate`` block (:func:`train.gate.certify`). Returns the description.
+    """
     path = Path(path)
     save_weights(to_torch_state_dict(model), path)
     meta = {"torch_ref_class": cls, "kwargs": kwargs, "weights": path.name}
+    write_description(path, meta)
+    if certify is not None:  # it loads the twin from the file and its description
+        meta["certificate"] = certify(path)
+        write_description(path, meta)
+    return meta
+
+
+def write_description(path: Path, meta: dict) -> None:
+    """``<path>.json``, written atomically."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".json.tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(meta, f, indent=2, default=list)
@@ -54,7 +75,11 @@ def export_weights(model: nnx.Module, cls: str, kwargs: dict, path: str | os.Pat
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, _sidecar(path))
-    return path
+
+
+def read_description(path: str | os.PathLike) -> dict:
+    """The ``<path>.json`` written beside exported weights."""
+    return json.loads(_sidecar(Path(path)).read_text())
 
 
 def load_torch_twin(path: str | os.PathLike):
@@ -62,7 +87,7 @@ def load_torch_twin(path: str | os.PathLike):
     import torch
 
     path = Path(path)
-    meta = json.loads(_sidecar(path).read_text())
+    meta = read_description(path)
     cls = resolve(meta["torch_ref_class"], "torch_ref")
     twin = cls(**meta["kwargs"])
     ref = twin.state_dict()

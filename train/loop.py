@@ -36,6 +36,7 @@ from train.checkpoint import Checkpointer, CheckpointError
 from train.config import RESUME_KEYS, TrainConfig
 from train.data import Augment, Dataset, TrainPipeline, eval_batches, load_dataset
 from train.export import check_export_path, export_weights
+from train.gate import GATE_BATCH, CertificateError, batch_images, certify, parity_gate
 from train.metrics import MetricsLog, plot_curves
 from train.models import ModelSpec, build_flax, get_model, model_kwargs
 from train.optim import make_optimizer, schedule
@@ -127,6 +128,13 @@ class Run:
         return Path(self.cfg.workdir)
 
 
+def _rngs(cfg: TrainConfig) -> nnx.Rngs:
+    """The model's RNG streams. build_run's abstract model must use the same streams as
+    create_state's: the shardings are built from its state, whose RNG variables carry
+    their stream's name (a ``default`` stream there fails device_put on ``dropout``)."""
+    return nnx.Rngs(params=cfg.seed, dropout=cfg.seed + 1)
+
+
 def _check_workdir(cfg: TrainConfig) -> None:
     """Refuse to mix two runs in one workdir; ``--overwrite`` clears the old one."""
     workdir = Path(cfg.workdir)
@@ -194,7 +202,7 @@ def build_run(cfg: TrainConfig, *, devices: int | None = None) -> Run:
     # Only the structure is needed here; create_state builds the values.
     try:
         abstract = nnx.eval_shape(
-            lambda: build_flax(spec, info, cfg.model_overrides, rngs=nnx.Rngs(0), dtype=dtype)
+            lambda: build_flax(spec, info, cfg.model_overrides, rngs=_rngs(cfg), dtype=dtype)
         )
     except (TypeError, ValueError) as e:
         # A wrong --set value reaches the constructor's own argument checks.
@@ -252,11 +260,26 @@ def create_state(run: Run) -> TrainState:
         run.spec,
         run.data.info,
         cfg.model_overrides,
-        rngs=nnx.Rngs(params=cfg.seed, dropout=cfg.seed + 1),
+        rngs=_rngs(cfg),
         dtype=dtype,
     )
     if cfg.init_from:
         load_state_dict(model, load_weights(cfg.init_from))
+        if not cfg.parity_check:
+            say("parity gate skipped (--no-parity-check)")
+        else:
+            n = min(cfg.batch_size, GATE_BATCH, len(run.data.train))
+            x = batch_images(run.data.train, range(n), run.data)
+            say(
+                parity_gate(
+                    run.spec,
+                    run.data.info,
+                    cfg.model_overrides,
+                    _float32(run, model),
+                    cfg.init_from,
+                    x,
+                )
+            )
     model.train()
     _, params, rest = nnx.split(model, nnx.Param, ...)
     opt_state = run.tx.init(params)
@@ -496,6 +519,33 @@ def evaluate(run: Run, state: TrainState) -> dict[str, Any]:
     }
 
 
+def _float32(run: Run, model: nnx.Module) -> nnx.Module:
+    """``model`` itself, or a float32-compute copy of it for a bfloat16 run (same weights)."""
+    if run.cfg.dtype != "bfloat16":
+        return model
+    fp32 = build_flax(run.spec, run.data.info, run.cfg.model_overrides, rngs=_rngs(run.cfg))
+    nnx.update(fp32, nnx.state(model))
+    return fp32
+
+
+def _certificate(run: Run, model: nnx.Module):
+    """``export_weights``'s ``certify``: the check on the first held-out images."""
+    cfg = run.cfg
+    n = min(cfg.batch_size, GATE_BATCH, len(run.data.test))
+    indices = list(range(n))
+    batch = {
+        "dataset": cfg.dataset,
+        "data_path": str(Path(cfg.data_path).resolve()) if cfg.data_path else None,
+        "image_size": cfg.image_size,
+        "test_fraction": cfg.test_fraction,
+        "seed": cfg.seed,
+        "split": "test",
+        "indices": indices,
+    }
+    x = batch_images(run.data.test, indices, run.data)
+    return lambda path: certify(_float32(run, model), path, batch, x)
+
+
 def _host_model(run: Run, state: TrainState) -> nnx.Module:
     """The trained model with every array gathered to this host (a collective)."""
     params, rest = run.par.to_host((state.params, state.rest))
@@ -513,7 +563,12 @@ def train_and_evaluate(cfg: TrainConfig, *, devices: int | None = None) -> dict[
     """
     t_start = time.perf_counter()
     run = build_run(cfg, devices=devices)
-    state = create_state(run)
+    try:
+        state = create_state(run)  # the parity gate of --init-from runs here
+    except BaseException:
+        run.log.close()
+        run.ckpt.close()
+        raise
     it = run.pipeline.iterator(start_step=0)
     if cfg.resume:
         state, it = restore_state(run, state, it)
@@ -579,7 +634,19 @@ def train_and_evaluate(cfg: TrainConfig, *, devices: int | None = None) -> dict[
     final = evaluate(run, state)
     model = _host_model(run, state)
     if cfg.export and jax.process_index() == 0:
-        export_weights(model, run.spec.cls, run.kwargs, cfg.export)
+        cert = export_weights(
+            model, run.spec.cls, run.kwargs, cfg.export, certify=_certificate(run, model)
+        )["certificate"]
+        if cert.get("skipped"):
+            say(f"certificate skipped: {cert['skipped']}")
+        elif cert["passed"]:
+            say(f"certificate: exported weights match in PyTorch ({cert['summary']})")
+        else:
+            run.log.close()
+            raise CertificateError(
+                f"the exported {cfg.export} does not compute in PyTorch what the trained model "
+                f"computes (written with a failed certificate):\n{cert['failures']}"
+            )
     summary = {
         "model": cfg.model,
         "dataset": cfg.dataset,

@@ -204,4 +204,11 @@ class Parallel:
         """Gather (possibly sharded, multi-process) arrays into host numpy arrays on
         every process. Every process must call it (it is a collective)."""
         gathered = jax.jit(lambda t: t, out_shardings=self.replicated)(tree)
-        return jax.tree.map(np.asarray, jax.device_get(gathered))
+
+        def host(a):
+            # Typed PRNG keys (dropout streams) have no numpy form; they stay JAX arrays.
+            if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+                return a
+            return np.asarray(a)
+
+        return jax.tree.map(host, jax.device_get(gathered))

@@ -291,7 +291,9 @@ def save_weights(
         a = _torch_to_numpy(v) if hasattr(v, "detach") else to_numpy(v)
         if a.dtype.kind not in "biuf" and not is_float(a.dtype):
             raise TypeError(f"save_weights: `{k}` is a {a.dtype} array; weight files hold numbers")
-        arrays[k] = np.ascontiguousarray(a)
+        # np.require, not np.ascontiguousarray: that one makes a 0-d array (a BatchNorm's
+        # num_batches_tracked) 1-d, and the file then no longer loads into its own model.
+        arrays[k] = np.require(a, requirements="C")
     check_values(arrays, where=f"save_weights: {path}", allow_non_finite=allow_non_finite)
     if path.is_dir():
         raise IsADirectoryError(f"save_weights: `path` (={str(path)!r}) is a directory")
