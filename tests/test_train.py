@@ -406,3 +406,5 @@ def test_cli_list_and_set():
     assert proc.returncode == 0 and "cbam_resnet" in proc.stdout and "mnist5k" in proc.stdout
     proc = _train("--set", "no_such_arg=3", check=False)
     assert proc.returncode == 2 and "has no argument 'no_such_arg'" in proc.stderr
+    # The valid names are the model's own hyperparameters, not the framework's.
+    assert "'planes'" in proc.stderr and "'rngs'" not in proc.stderr

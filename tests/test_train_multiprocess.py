@@ -18,12 +18,8 @@ from train.loop import CRASH_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "--model",
-    "cbam_resnet",
     "--dataset",
     "digits",
-    "--set",
-    "planes=(4,8,16)",
     "--batch-size",
     "32",
     "--epochs",
@@ -48,9 +44,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(workdir, *args, processes=1, env=None):
+CBAM = ["--model", "cbam_resnet", "--set", "planes=(4,8,16)"]
+
+
+def _run(workdir, *args, processes=1, env=None, model=CBAM):
     """Start ``processes`` cooperating ``python -m train`` processes; wait for all."""
-    base = [sys.executable, "-m", "train", *TINY, "--workdir", str(workdir), *args]
+    base = [sys.executable, "-m", "train", *TINY, *model, "--workdir", str(workdir), *args]
     env = {**os.environ, **(env or {})}
     if processes == 1:
         cmds = [base]
@@ -132,6 +131,20 @@ def test_two_processes_train_like_one(tmp_path):
     assert rc == 0, err
     assert "resumed from step 3" in out and "written by 2 process(es)" in out
     _assert_close(_weights(tmp_path / "resumed_one.npz"), one)
+
+
+def test_two_processes_with_dropout_rng_state(tmp_path):
+    """A model with dropout carries typed PRNG keys in its state: they too are placed on
+    the two processes' devices, checkpointed and exported (vit_tiny, shrunk)."""
+    res = _run(
+        tmp_path / "vit",
+        *("--max-steps", "3", "--export", str(tmp_path / "vit.npz")),
+        processes=2,
+        model=["--model", "vit_tiny", "--set", "depth=1", "--set", "dim=32", "--set", "mlp_dim=32"],
+    )
+    assert [r[0] for r in res] == [0, 0], [r[2][-2000:] for r in res]
+    assert "certificate: exported weights match in PyTorch" in res[0][1]
+    assert len(_weights(tmp_path / "vit.npz")) > 0
 
 
 def test_batch_must_split_over_processes(tmp_path):

@@ -283,7 +283,7 @@ def create_state(run: Run) -> TrainState:
     model.train()
     _, params, rest = nnx.split(model, nnx.Param, ...)
     opt_state = run.tx.init(params)
-    arrays = jax.device_put((params, rest, opt_state), run.shardings)
+    arrays = run.par.put_state((params, rest, opt_state), run.shardings)
     return TrainState(*arrays, step=0)
 
 

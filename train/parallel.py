@@ -189,6 +189,21 @@ class Parallel:
         f = self.mesh.shape["fsdp"] if fsdp else 1
         return jax.tree.map(lambda x: NamedSharding(self.mesh, fsdp_spec(np.shape(x), f)), tree)
 
+    def put_state(self, tree, shardings):
+        """Place host-built state (the same values on every process) on the mesh.
+
+        Typed PRNG keys travel as their raw data: ``device_put`` of a key array onto
+        devices of other processes is refused, while its uint32 data is not.
+        """
+
+        def put(x, sharding):
+            if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+                data = jax.device_put(np.asarray(jax.random.key_data(x)), sharding)
+                return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+            return jax.device_put(np.asarray(x), sharding)
+
+        return jax.tree.map(put, tree, shardings)
+
     def put_batch(self, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
         """This process's rows of the global batch -> global arrays split over the
         batch axes. With one process the rows are the whole batch."""

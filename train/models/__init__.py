@@ -71,21 +71,30 @@ def get_model(name: str) -> ModelSpec:
 
 def model_kwargs(spec: ModelSpec, info: DataInfo, overrides: dict | None = None) -> dict:
     kwargs = dict(spec.kwargs(info))
+    valid = set(kwargs) | _init_params(resolve(spec.cls, "flaxattn"))
     for key, value in (overrides or {}).items():
-        if key not in kwargs and key not in _init_params(resolve(spec.cls, "flaxattn")):
+        if key not in valid:
             raise ValueError(
                 f"`--set {key}=...`: {spec.cls} has no argument {key!r}; "
-                f"its arguments are {sorted(_init_params(resolve(spec.cls, 'flaxattn')))}"
+                f"its arguments are {sorted(valid)}"
             )
         kwargs[key] = value
     return kwargs
+
+
+# Framework arguments of every Flax module, not the model's hyperparameters.
+_NOT_SETTABLE = {"self", "dtype", "param_dtype", "rngs"}
 
 
 def _init_params(cls) -> set[str]:
     import inspect
 
     params = inspect.signature(cls.__init__).parameters
-    return {n for n, p in params.items() if n != "self" and p.kind != p.KEYWORD_ONLY}
+    return {
+        n
+        for n, p in params.items()
+        if n not in _NOT_SETTABLE and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
 
 
 def build_flax(
