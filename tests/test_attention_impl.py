@@ -204,6 +204,8 @@ def test_layers_route_to_pallas(name, monkeypatch):
     rng = np.random.default_rng(0)
     xla = make("xla")
     monkeypatch.setattr(fused, "default_backend", lambda: "gpu")  # interprets: CPU underneath
+    # What 'auto' picks on a GPU once a GPU has run the kernel (PALLAS_BY_DEFAULT).
+    monkeypatch.setattr(fused, "PALLAS_BY_DEFAULT", True)
     pallas = make("auto")
     assert (
         fused.resolve_attention_impl("auto", dtype="float32", head_dim=4, where="t", window=True)

@@ -36,6 +36,7 @@ TINY = [
     "--batch-size",
     "64",
     "--no-progress",
+    "--no-parity-check",  # the gate and the certificate have their own tests (test_gate.py)
 ]
 
 
@@ -62,6 +63,7 @@ def _tiny_config(tmp_path, **kw) -> TrainConfig:
         workdir=str(tmp_path / "run"),
         progress=False,
         warmup_steps=2,
+        parity_check=False,  # tested in test_gate.py
     )
     return TrainConfig(**{**base, **kw})
 
@@ -160,7 +162,7 @@ out = {{}}
 for name, mesh, n in (("fsdp", "data=2,fsdp=2", None), ("data", None, None), ("one", None, 1)):
     cfg = TrainConfig(model="cbam_resnet", dataset="digits",
                       model_overrides={{"planes": (8, 16, 32)}}, batch_size=64, epochs=1,
-                      max_steps=5, warmup_steps=0, progress=False, mesh=mesh,
+                      max_steps=5, warmup_steps=0, progress=False, mesh=mesh, parity_check=False,
                       workdir=r"{tmp_path}/" + name, export=r"{tmp_path}/" + name + ".npz")
     r = train_and_evaluate(cfg, devices=n)
     out[name] = {{"eval_loss": r["eval_loss"], "devices": r["devices"]}}

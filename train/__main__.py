@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-parity-check",
         action="store_true",
-        help="skip the parity gate of --init-from (JAX vs PyTorch on the file, before step 1)",
+        help="skip the parity gate of --init-from (JAX vs PyTorch on the file, before step 1) "
+        "and the certificate of --export",
     )
     p.add_argument(
         "--export",

@@ -634,9 +634,10 @@ def train_and_evaluate(cfg: TrainConfig, *, devices: int | None = None) -> dict[
     final = evaluate(run, state)
     model = _host_model(run, state)
     if cfg.export and jax.process_index() == 0:
-        cert = export_weights(
-            model, run.spec.cls, run.kwargs, cfg.export, certify=_certificate(run, model)
-        )["certificate"]
+        certify = _certificate(run, model) if cfg.parity_check else None
+        cert = export_weights(model, run.spec.cls, run.kwargs, cfg.export, certify=certify).get(
+            "certificate", {"skipped": "--no-parity-check"}
+        )
         if cert.get("skipped"):
             say(f"certificate skipped: {cert['skipped']}")
         elif cert["passed"]:
