@@ -34,6 +34,8 @@ from train.loop import train_and_evaluate
 from train.models import build_flax, build_torch, get_model
 from train.verify import main as verify_main
 
+pytestmark = pytest.mark.slow  # whole training runs: scheduled first (conftest.py)
+
 OVERRIDES = {"planes": (4, 8, 16)}
 TINY = ["--model", "cbam_resnet", "--dataset", "digits", "--set", "planes=(4,8,16)"]
 TINY += ["--batch-size", "64", "--no-progress", "--no-tensorboard", "--max-steps", "1"]

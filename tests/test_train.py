@@ -24,6 +24,7 @@ from train.data import Augment, TrainPipeline, eval_batches, load_dataset
 from train.export import load_torch_twin
 from train.loop import CRASH_ENV, NonFiniteLossError, WorkdirError, train_and_evaluate
 
+pytestmark = pytest.mark.slow  # whole training runs: scheduled first (conftest.py)
 ROOT = Path(__file__).resolve().parents[1]
 # A tiny CBAM ResNet on scikit-learn's 8x8 digits: a few seconds per run.
 TINY = [

@@ -12,9 +12,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from train.checkpoint import Checkpointer
 from train.loop import CRASH_ENV
+
+pytestmark = pytest.mark.slow  # real processes: scheduled first (conftest.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
