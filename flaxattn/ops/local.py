@@ -133,6 +133,36 @@ def _overlapping_blocks(x: jax.Array, axis: int, count: int, step: int, size: in
     return jnp.concatenate(parts, axis=axis + 1) if len(parts) > 1 else parts[0]
 
 
+def check_window_args(
+    where: str, q, k, v, kernel_size: int, stride: int, dilation: int, pad_mode: str
+) -> None:
+    """The contract of the window-attention kernels (:func:`local_attention`, the Pallas
+    ``window_attention``): odd kernel, q ``(B, Ho, Wo, heads, d)`` for k, v
+    ``(B, H, W, heads, d)`` and the stride, reflection padding smaller than the map."""
+    check_choice("pad_mode", pad_mode, ("reflect", "zeros"))
+    check_positive(kernel_size=kernel_size, stride=stride, dilation=dilation)
+    if kernel_size % 2 == 0:
+        raise ValueError(f"`kernel_size` (={kernel_size}) must be odd")
+    if k.shape != v.shape or k.ndim != 5 or q.ndim != 5:
+        raise ValueError(
+            f"{where}: expected `q` (B, Ho, Wo, heads, d) and `k`, `v` of one shape "
+            f"(B, H, W, heads, d), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    b, h, w, n, d = k.shape
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    if q.shape != (b, ho, wo, n, d):
+        raise ValueError(
+            f"{where}: expected `q` of shape {(b, ho, wo, n, d)} for keys of shape "
+            f"{tuple(k.shape)} and stride {stride}, got {tuple(q.shape)}"
+        )
+    p = dilation * (kernel_size - 1) // 2
+    if pad_mode == "reflect" and p >= min(h, w):
+        raise ValueError(
+            f"{where}: reflection padding of {p} needs maps of at least "
+            f"{p + 1}x{p + 1}, got {h}x{w} (kernel_size={kernel_size}, dilation={dilation})"
+        )
+
+
 def local_attention(
     q: jax.Array,
     k: jax.Array,
@@ -169,29 +199,11 @@ def local_attention(
     Returns:
       ``(B, Ho, Wo, heads, d)``.
     """
-    check_choice("pad_mode", pad_mode, ("reflect", "zeros"))
-    check_positive(kernel_size=kernel_size, stride=stride, dilation=dilation)
-    if kernel_size % 2 == 0:
-        raise ValueError(f"`kernel_size` (={kernel_size}) must be odd")
-    if k.shape != v.shape or k.ndim != 5 or q.ndim != 5:
-        raise ValueError(
-            f"local_attention: expected `q` (B, Ho, Wo, heads, d) and `k`, `v` of one shape "
-            f"(B, H, W, heads, d), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        )
+    check_window_args("local_attention", q, k, v, kernel_size, stride, dilation, pad_mode)
     b, h, w, n, d = k.shape
     s, dil, ks = stride, dilation, kernel_size
     p = dil * (ks - 1) // 2
     ho, wo = (h - 1) // s + 1, (w - 1) // s + 1
-    if q.shape != (b, ho, wo, n, d):
-        raise ValueError(
-            f"local_attention: expected `q` of shape {(b, ho, wo, n, d)} for keys of shape "
-            f"{tuple(k.shape)} and stride {s}, got {tuple(q.shape)}"
-        )
-    if pad_mode == "reflect" and p >= min(h, w):
-        raise ValueError(
-            f"local_attention: reflection padding of {p} needs maps of at least "
-            f"{p + 1}x{p + 1}, got {h}x{w} (kernel_size={ks}, dilation={dil})"
-        )
     if block is None:
         block = 8 if d >= 32 else 4 if d >= 8 else 2
     check_positive(block=block)

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from flaxattn.ops.checks import check_choice, check_positive
+from flaxattn.ops.local import check_window_args
 
 
 def _next_pow2(n: int) -> int:
@@ -260,29 +260,10 @@ def window_attention(
     Returns:
       ``(B, Ho, Wo, heads, d)``, differentiable (custom VJP, Pallas forward and backward).
     """
-    check_choice("pad_mode", pad_mode, ("zeros", "reflect"))
-    check_positive(kernel_size=kernel_size, stride=stride, dilation=dilation)
-    if kernel_size % 2 == 0:
-        raise ValueError(f"`kernel_size` (={kernel_size}) must be odd")
-    if k.shape != v.shape or k.ndim != 5 or q.ndim != 5:
-        raise ValueError(
-            f"window_attention: expected `q` (B, Ho, Wo, heads, d) and `k`, `v` of one shape "
-            f"(B, H, W, heads, d), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        )
+    check_window_args("window_attention", q, k, v, kernel_size, stride, dilation, pad_mode)
     b, h, w, n, d = k.shape
     s, dil, ks = stride, dilation, kernel_size
-    ho, wo = (h - 1) // s + 1, (w - 1) // s + 1
-    if q.shape != (b, ho, wo, n, d):
-        raise ValueError(
-            f"window_attention: expected `q` of shape {(b, ho, wo, n, d)} for keys of shape "
-            f"{tuple(k.shape)} and stride {s}, got {tuple(q.shape)}"
-        )
     p = dil * (ks - 1) // 2
-    if pad_mode == "reflect" and p >= min(h, w):
-        raise ValueError(
-            f"window_attention: reflection padding of {p} needs maps of at least "
-            f"{p + 1}x{p + 1}, got {h}x{w} (kernel_size={ks}, dilation={dil})"
-        )
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
     last = (ks - 1) * dil
