@@ -25,8 +25,8 @@ import sys
 import time
 
 import torch_ref
-from bench.harness import case_models, default_threads, jax_compiled_step, torch_step
 from bench.cases.axial import channels_last
+from bench.harness import case_models, default_threads, jax_compiled_step, torch_step
 from bench.registry import BenchCase
 
 VIT = dict(image_size=32, patch_size=4, num_classes=10, dim=192, depth=6, heads=3, mlp_dim=768)
@@ -62,13 +62,25 @@ TARGETS = {"se": 3.0, "acmix": 3.0, "msda": 3.0, "aa_conv": 0.9, "resblock_cbam"
 TARGETS.update(vit=1.0, axial=0.9)
 
 
-def _timed(step) -> float:
-    t0 = time.perf_counter()
+TIMERS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def _timed(step, clock) -> float:
+    t0 = clock()
     step()
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
-def measure(case: BenchCase, *, rounds: int, steps: int, warmup: int, compile: bool) -> dict:
+def _ratio_col(r: dict, key: str) -> str:
+    if key not in r:
+        return f"{'-':>20}"
+    ratio, lo, hi = r[key]
+    return f"{ratio:>6.2f} ({lo:.2f}-{hi:.2f})".rjust(20)
+
+
+def measure(
+    case: BenchCase, *, rounds: int, steps: int, warmup: int, compile: bool, timer: str = "wall"
+) -> dict:
     """Median step (ms) per side and the ratios, the sides interleaved round by round."""
     import torch
 
@@ -84,7 +96,7 @@ def measure(case: BenchCase, *, rounds: int, steps: int, warmup: int, compile: b
     per_round = {k: [] for k in sides}
     for _ in range(rounds):
         for name, step in sides.items():
-            t = [_timed(step) for _ in range(steps)]
+            t = [_timed(step, TIMERS[timer]) for _ in range(steps)]
             times[name] += t
             per_round[name].append(statistics.median(t))
     ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
@@ -103,6 +115,13 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     p.add_argument("--threads", type=int, default=default_threads())
+    p.add_argument(
+        "--timer",
+        choices=sorted(TIMERS),
+        default="wall",
+        help="wall clock (default), or this process's CPU time: steadier on a loaded "
+        "machine when the run is pinned to one core (taskset -c N ... --threads 1)",
+    )
     args = p.parse_args(argv)
     for name in ("rounds", "steps"):
         if getattr(args, name) < 1:
@@ -112,7 +131,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     print(
-        f"train step (fwd + mean-square loss + bwd + AdamW), median ms over "
+        f"train step (fwd + mean-square loss + bwd + AdamW), median {args.timer} ms over "
         f"{args.rounds}x{args.steps} interleaved steps per side; {args.threads} threads; "
         f"jax {jax.__version__}, torch {torch.__version__}"
     )
@@ -129,19 +148,15 @@ def main(argv=None) -> int:
             steps=args.steps,
             warmup=args.warmup,
             compile=not args.no_compile,
+            timer=args.timer,
         )
         load1 = os.getloadavg()[0]
-
-        def col(key):
-            if key not in r:
-                return f"{'-':>20}"
-            ratio, lo, hi = r[key]
-            return f"{ratio:>6.2f} ({lo:.2f}-{hi:.2f})".rjust(20)
 
         comp = r["ms"].get("compile")
         print(
             f"{name:<14} {r['ms']['jax']:>8.1f} {r['ms']['eager']:>8.1f} "
-            f"{(f'{comp:.1f}' if comp else '-'):>8}  {col('eager')}  {col('compile')}  "
+            f"{(f'{comp:.1f}' if comp else '-'):>8}  {_ratio_col(r, 'eager')}  "
+            f"{_ratio_col(r, 'compile')}  "
             f"{TARGETS[name]:>6.2f}  {load0:.1f}/{load1:.1f}",
             flush=True,
         )

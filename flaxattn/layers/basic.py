@@ -21,14 +21,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from flax.nnx.nn.dtypes import canonicalize_dtype
 
 from flaxattn.ops.checks import check_positive, check_rate
+from flaxattn.ops.dense import dense_dot_general
 from flaxattn.ops.dropout import keep_mask
 from flaxattn.ops.init import (
     constant_init,
     on_device,
     torch_uniform_init,
 )
+from flaxattn.ops.norm import gelu as _gelu
+from flaxattn.ops.norm import layer_norm
 
 Dtype = jnp.dtype | type | None
 
@@ -65,6 +69,7 @@ class Linear(nnx.Linear):
             param_dtype=param_dtype,
             kernel_init=init,
             bias_init=init,
+            dot_general=dense_dot_general,
             rngs=rngs,
         )
 
@@ -180,6 +185,20 @@ class LayerNorm(nnx.LayerNorm):
             bias_init=constant_init(0.0),
             rngs=rngs,
         )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        # flaxattn.ops.norm.layer_norm: PyTorch's closed-form backward (autodiff of the
+        # two-pass variance costs XLA:CPU several times more inside a train step).
+        d = x.shape[-1]
+        scale = self.scale[...] if self.scale is not None else None
+        bias = self.bias[...] if self.bias is not None else None
+        out_dtype = canonicalize_dtype(
+            *(a for a in (x, scale, bias) if a is not None), dtype=self.dtype
+        )
+        stat = jnp.promote_types(out_dtype, jnp.float32)
+        scale = jnp.ones((d,), stat) if scale is None else scale.astype(stat)
+        bias = jnp.zeros((d,), stat) if bias is None else bias.astype(stat)
+        return layer_norm(x.astype(stat), scale, bias, self.epsilon).astype(out_dtype)
 
 
 class BatchNorm(nnx.Module):
@@ -307,8 +326,9 @@ class DropPath(nnx.Module):
 
 
 def gelu(x: jax.Array) -> jax.Array:
-    """``torch.nn.GELU()``: the exact erf form (Flax's default is the tanh approximation)."""
-    return jax.nn.gelu(x, approximate=False)
+    """``torch.nn.GELU()``: the exact erf form (Flax's default is the tanh approximation),
+    with a hand-written backward (:func:`flaxattn.ops.norm.gelu`)."""
+    return _gelu(x)
 
 
 class Dropout(nnx.Dropout):

@@ -13,9 +13,10 @@ release's keys from ``0.3.0`` on.
 
 Channels-last: images ``(B, H, W, C)``, tokens ``(B, N, dim)``.
 
-Speed: attention runs heads-major (``(B, heads, N, d)``) straight out of the
-qkv projection, the logit scale is folded into the query weights, and the output
-projection contracts heads and head width in one matmul. ``dtype=jnp.bfloat16``
+Speed: q/k/v come out of one ``(B*N, dim) x (dim, 3*h*d)`` matmul and feed the
+attention dots as per-head views, the logit scale is folded into the query weights,
+and the dense layers, LayerNorm and GELU have hand-written backward passes
+(:mod:`flaxattn.ops.dense`, :mod:`flaxattn.ops.norm`). ``dtype=jnp.bfloat16``
 computes in bfloat16 (softmax and LayerNorm statistics in float32) with float32
 parameters. ``Transformer(scan=True)`` runs the blocks under one ``lax.scan``, so
 compile time stays flat with depth; parameters keep the per-block layout, so
@@ -40,6 +41,7 @@ from flaxattn.ops.checks import (
     check_positive,
     check_rate,
 )
+from flaxattn.ops.dense import dense
 from flaxattn.ops.fused import check_attention_impl, fused_attention, resolve_attention_impl
 
 
@@ -189,24 +191,27 @@ class Attention(nnx.Module):
             where="Attention",
             fused_ok="dropout on the attention weights in train mode" if drops else None,
         )
+        # One (B*N, dim) x (dim, 3*h*d) matmul; the per-head views feed the attention
+        # dots as they are. Laying q/k/v out heads-major inside the projection einsum made
+        # XLA:CPU compute the transposed product and copy every slice.
+        b, n = x.shape[:2]
+        qkv = dense(x, w.reshape(self.dim, 3 * h * d)).reshape(b, n, 3, h, d)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if impl == "default":
-            q, k, v = jnp.einsum("bnc,cthd->tbhnd", x, w)
-            logits = jnp.einsum("bhid,bhjd->bhij", q, k)
+            logits = jnp.einsum("bihd,bjhd->bhij", q, k)
             # Softmax in at least float32, whatever the compute dtype.
             attn = jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), -1)
             attn = self.dropout(attn.astype(v.dtype))
-            out = jnp.einsum("bhij,bhjd->bhid", attn, v)
+            out = jnp.einsum("bhij,bjhd->bihd", attn, v)
         else:  # fused: (B, N, heads, d) in and out
-            q, k, v = jnp.einsum("bnc,cthd->tbnhd", x, w)
-            out = fused_attention(q, k, v, impl).transpose(0, 2, 1, 3)
+            out = fused_attention(q, k, v, impl)
         if self.to_out is None:  # heads == 1 and dim_head == dim
-            return out[:, 0]
+            return out[:, :, 0]
         proj, drop = self.to_out.layers
         wo = proj.kernel[...]
         bo = proj.bias[...]
         out, wo, bo = promote_dtype((out, wo, bo), dtype=self.dtype)
-        y = jnp.einsum("bhnd,hdc->bnc", out, wo.reshape(h, d, self.dim)) + bo
-        return drop(y)
+        return drop(dense(out.reshape(b, n, h * d), wo) + bo)
 
 
 class Transformer(nnx.Module):
