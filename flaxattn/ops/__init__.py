@@ -4,7 +4,9 @@
 ``pallas_local.py`` (the same window attention as Pallas GPU kernels), ``fused.py`` (choosing
 an ``attention_impl``: einsums, ``jax.nn.dot_product_attention`` XLA/cuDNN, Pallas),
 ``depthwise.py`` (depthwise and grouped shift convolutions), ``relative.py`` (AA-Conv's
-relative logits), ``reversible.py`` (the reversible coupling), ``dropout.py`` (hashed
-dropout masks); plus ``init.py`` (torch-like initialisers), ``checks.py`` (argument
-checks) and ``reduce.py``. The modules that use them are in :mod:`flaxattn.layers`.
+relative logits), ``norm.py`` (LayerNorm and exact GELU) and ``dense.py`` (dense layers)
+with PyTorch's closed-form backward passes, ``reversible.py`` (the reversible coupling),
+``dropout.py`` (hashed dropout masks); plus ``init.py`` (torch-like initialisers),
+``checks.py`` (argument checks) and ``reduce.py``. The modules that use them are in
+:mod:`flaxattn.layers`.
 """
