@@ -2,10 +2,10 @@
 
 Autodiff of a dense layer inside a train step leaves XLA:CPU free to lay out the
 weight gradient as ``(dy^T x)^T`` with a transposed copy of ``x``; that ``dot`` then
-runs in XLA's generic kernel at about 1.5x the time of the same product taken as
-``x2^T dy2`` on row-major ``(rows, features)`` operands (``python -m bench.profile
-vit/small``). Here the backward states both products on the flattened rows:
-``dx = dy w^T`` and ``dw = x^T dy``.
+runs in XLA's generic kernel, slower than the same product taken as ``x2^T dy2`` on
+row-major ``(rows, features)`` operands (``python -m bench.profile vit/small``;
+figures in ``bench/NOTES.md``). Here the backward states both products on the
+flattened rows: ``dx = dy w^T`` and ``dw = x^T dy``.
 """
 
 from __future__ import annotations

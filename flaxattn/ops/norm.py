@@ -1,12 +1,12 @@
 """LayerNorm and exact GELU with hand-written VJPs (PyTorch's formulas).
 
-Differentiated by autodiff, both cost XLA:CPU three to four times PyTorch's time inside
-a ViT train step (``python -m bench.profile vit/small``: LayerNorm ~90 ms against ~7,
-GELU ~80 against ~30 per step). Autodiff of LayerNorm's two-pass variance yields a chain
-of broadcasts, transposed copies and row reductions that XLA fuses poorly with the
-neighbouring matmuls; autodiff of ``x * Phi(x)`` evaluates ``erf`` a second time in the
-backward pass. Here the forward saves what the backward needs (``xhat`` and ``1/std``;
-``Phi(x)``) and the backward is the closed form PyTorch uses:
+Differentiated by autodiff inside a train step, both cost XLA:CPU several times
+PyTorch's time (figures in ``bench/NOTES.md``, issue 15): autodiff of LayerNorm's
+two-pass variance yields a chain of broadcasts, transposed copies and row reductions
+that XLA fuses poorly with the neighbouring matmuls, and autodiff of ``x * Phi(x)``
+evaluates ``erf`` a second time in the backward pass. Here the forward saves what the
+backward needs (``xhat`` and ``1/std``; ``Phi(x)``) and the backward is the closed form
+PyTorch uses:
 
   LayerNorm: ``g = dy * scale``;
   ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``,
