@@ -24,6 +24,7 @@ All modules are channels-last: images ``(B, H, W, C)``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -49,22 +50,68 @@ def _dropping(dropout: nnx.Dropout) -> bool:
     return dropout.rate > 0.0 and not dropout.deterministic
 
 
+def _matmul(a: jax.Array, b: jax.Array, precision) -> jax.Array:
+    """``(M, K) @ (K, N)``, both operands row-major: the form XLA:CPU hands to its fast
+    GEMM (a transposed operand inside the dot made it fall back to a loop emitter
+    several times slower, for the forward and both gradients)."""
+    return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _rows_to_channels_first(x: jax.Array, w: jax.Array, precision) -> jax.Array:
+    """``(w^T x^T)``: rows ``x (N, C)`` times ``w (C, O)``, returned ``(O, N)``."""
+    return _matmul(w.T, x.T, precision)
+
+
+def _rows_to_channels_first_fwd(x, w, precision):
+    return _rows_to_channels_first(x, w, precision), (x, w)
+
+
+def _rows_to_channels_first_bwd(precision, res, dy):
+    x, w = res
+    return _matmul(w, dy, precision).T, _matmul(dy, x, precision).T
+
+
+_rows_to_channels_first.defvjp(_rows_to_channels_first_fwd, _rows_to_channels_first_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _channels_first_to_rows(x: jax.Array, w: jax.Array, precision) -> jax.Array:
+    """``(w^T x)^T``: channels-first ``x (C, N)`` times ``w (C, O)``, returned ``(N, O)``."""
+    return _matmul(w.T, x, precision).T
+
+
+def _channels_first_to_rows_fwd(x, w, precision):
+    return _channels_first_to_rows(x, w, precision), (x, w)
+
+
+def _channels_first_to_rows_bwd(precision, res, dy):
+    x, w = res
+    return _matmul(w, dy.T, precision), _matmul(x, dy, precision)
+
+
+_channels_first_to_rows.defvjp(_channels_first_to_rows_fwd, _channels_first_to_rows_bwd)
+
+
 def _pointwise_channels_first(conv: Conv2d, x: jax.Array) -> jax.Array:
     """A 1x1, stride-1 :class:`Conv2d` of channels-last ``x (B, H, W, C)``, returned
-    channels-first ``(C_out, B, H, W)``: one ``(C, C_out)^T x (B*H*W, C)^T`` matmul,
-    which writes that layout directly (no transpose after it)."""
+    channels-first ``(C_out, B, H, W)``."""
+    b, h, w, c = x.shape
     bias = conv.bias[...] if conv.bias is not None else None
     x, kernel, bias = conv.promote_dtype((x, conv.kernel[...][0, 0], bias), dtype=conv.dtype)
-    y = jax.lax.dot_general(kernel, x, (((0,), (x.ndim - 1,)), ((), ())), precision=conv.precision)
+    y = _rows_to_channels_first(x.reshape(b * h * w, c), kernel, conv.precision)
+    y = y.reshape(kernel.shape[1], b, h, w)
     return y + bias[:, None, None, None] if bias is not None else y
 
 
 def _linear_from_channels_first(linear: Linear, x: jax.Array) -> jax.Array:
     """``linear`` applied to the channels of channels-first ``x (C, B, H, W)``, returned
-    channels-last ``(B, H, W, C_out)`` (the matmul reads the transposed operand)."""
+    channels-last ``(B, H, W, C_out)``."""
+    c, b, h, w = x.shape
     bias = linear.bias[...] if linear.bias is not None else None
     x, kernel, bias = linear.promote_dtype((x, linear.kernel[...], bias), dtype=linear.dtype)
-    y = jax.lax.dot_general(x, kernel, (((0,), (0,)), ((), ())), precision=linear.precision)
+    y = _channels_first_to_rows(x.reshape(c, b * h * w), kernel, linear.precision)
+    y = y.reshape(b, h, w, kernel.shape[1])
     return y + bias if bias is not None else y
 
 

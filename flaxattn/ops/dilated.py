@@ -115,12 +115,14 @@ def _tap_dots(
     yp: jax.Array,
     kernel_size: int,
     dilation: int,
+    scale: float,
     softmax_grad: tuple[jax.Array, jax.Array] | None = None,
 ) -> jax.Array:
-    """``(k * k, heads, B, H, W)``: ``x`` against the padded ``yp`` shifted to each tap
-    (one loop step per kernel row, its taps' columns as static slices). With
-    ``softmax_grad = (attn, delta)`` the result is ``attn * (dots - delta)``, the
-    logits' gradient, computed in the loop so that it too is materialised once."""
+    """``(k * k, heads, B, H, W)``: ``scale`` times ``x`` against the padded ``yp``
+    shifted to each tap (one loop step per kernel row, its taps' columns as static
+    slices). With ``softmax_grad = (attn, delta)`` the result is
+    ``scale * attn * (dots - delta)``, the gradient of the scaled logits' dot products,
+    computed in the loop so that it too is materialised once."""
     h, w = x.shape[-2:]
     cols = [b * dilation for b in range(kernel_size)]
 
@@ -128,7 +130,8 @@ def _tap_dots(
         start, attn = xs
         yr = _dynamic_rows(yp, start, h)
         dots = jnp.stack([_head_dot(x, _window(yr, 0, c, h, w)) for c in cols])
-        return dots if attn is None else attn * (dots - softmax_grad[1])
+        dots = dots if attn is None else attn * (dots - softmax_grad[1])
+        return dots * jnp.asarray(scale, dots.dtype)
 
     starts = jnp.arange(kernel_size, dtype=jnp.int32) * dilation
     attn = None
@@ -138,13 +141,13 @@ def _tap_dots(
     return dots.reshape(kernel_size * kernel_size, *dots.shape[2:])
 
 
-def _group_forward(q, k, v, kernel_size, dilation):
-    """One dilation group, ``q, k, v (heads, hd, B, H, W)`` (q scaled) -> output and
-    the attention weights ``(k * k, heads, B, H, W)``."""
+def _group_forward(q, k, v, kernel_size, dilation, scale):
+    """One dilation group, ``q, k, v (heads, hd, B, H, W)`` -> output and the attention
+    weights ``(k * k, heads, B, H, W)``."""
     h, w = q.shape[-2:]
     p = dilation * (kernel_size // 2)
     taps = _taps(kernel_size, dilation)
-    logits = _tap_dots(q, _pad_hw(k, p), kernel_size, dilation)
+    logits = _tap_dots(q, _pad_hw(k, p), kernel_size, dilation, scale)
     rows = [logits[t] for t in range(len(taps))]
     top = functools.reduce(jnp.maximum, rows)
     exps = [jnp.exp(r - top) for r in rows]
@@ -157,8 +160,8 @@ def _group_forward(q, k, v, kernel_size, dilation):
     return out, attn
 
 
-def _group_backward(q, k, v, attn, out, dout, kernel_size, dilation):
-    """Gradients of :func:`_group_forward` w.r.t. (scaled) q, k and v.
+def _group_backward(q, k, v, attn, out, dout, kernel_size, dilation, scale):
+    """Gradients of :func:`_group_forward` w.r.t. q, k and v.
 
     ``dlogit_t = attn_t * (dout . v_t - dout . out)`` (the softmax backward with
     ``sum_t attn_t dout . v_t = dout . out``). The key and value gradients *gather*
@@ -169,7 +172,8 @@ def _group_backward(q, k, v, attn, out, dout, kernel_size, dilation):
     p = dilation * (kernel_size // 2)
     taps = _taps(kernel_size, dilation)
     vp = _pad_hw(v, p)
-    dl = _tap_dots(dout, vp, kernel_size, dilation, (attn, _head_dot(dout, out)))
+    # dl: the gradient of q . k_t (the logits before scaling).
+    dl = _tap_dots(dout, vp, kernel_size, dilation, scale, (attn, _head_dot(dout, out)))
     kp = _pad_hw(k, p)
     dq = functools.reduce(
         jnp.add, (dl[t][:, None] * _window(kp, a, b, h, w) for t, (a, b) in enumerate(taps))
@@ -191,17 +195,16 @@ def _group_backward(q, k, v, attn, out, dout, kernel_size, dilation):
     return dq, gather(dlp, qp), gather(ap, dop)
 
 
-def _split_group(qkv, i, heads, scale):
+def _split_group(qkv, i, heads):
     _, _, cg, b, h, w = qkv.shape
-    q, k, v = (qkv[j, i].reshape(heads, cg // heads, b, h, w) for j in range(3))
-    return q * jnp.asarray(scale, q.dtype), k, v
+    return tuple(qkv[j, i].reshape(heads, cg // heads, b, h, w) for j in range(3))
 
 
 def _dilated_attention_fwd(qkv, kernel_size, dilation, heads, scale):
     _, _, cg, b, h, w = qkv.shape
     outs, attns = [], []
     for i, d in enumerate(dilation):
-        out, attn = _group_forward(*_split_group(qkv, i, heads, scale), kernel_size, d)
+        out, attn = _group_forward(*_split_group(qkv, i, heads), kernel_size, d, scale)
         outs.append(out.reshape(cg, b, h, w))
         attns.append(attn)
     out = jnp.concatenate(outs, axis=0)
@@ -213,11 +216,10 @@ def _dilated_attention_bwd(kernel_size, dilation, heads, scale, res, dout):
     _, _, cg, b, h, w = qkv.shape
     grads = []
     for i, d in enumerate(dilation):
-        q, k, v = _split_group(qkv, i, heads, scale)
+        q, k, v = _split_group(qkv, i, heads)
         rows = slice(i * cg, (i + 1) * cg)
         do, o = (t[rows].reshape(q.shape) for t in (dout, out))
-        dq, dk, dv = _group_backward(q, k, v, attns[i], o, do, kernel_size, d)
-        dq = dq * jnp.asarray(scale, dq.dtype)
+        dq, dk, dv = _group_backward(q, k, v, attns[i], o, do, kernel_size, d, scale)
         grads.append(jnp.stack([t.reshape(cg, b, h, w) for t in (dq, dk, dv)]))
     return (jnp.stack(grads, axis=1),)
 
