@@ -386,8 +386,8 @@ class MultiDilateLocalAttention(nnx.Module):
                 qkv = qkv.astype(groups[0].dtype)
             out = pallas_local.dilated_attention(qkv, **self._kernel_args())
         else:
-            # All groups in one kernel call on channels-first maps: the projections
-            # are matmuls that read and write that layout, so no transpose runs.
+            # All groups in one kernel call on channels-first maps; the projections
+            # are matmuls that read and write that layout (no explicit transpose).
             qkv = _pointwise_channels_first(self.qkv, x).reshape(3, n, c // n, b, h, w)
             if groups[0].dtype is not None:
                 qkv = qkv.astype(groups[0].dtype)
