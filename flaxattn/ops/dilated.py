@@ -7,16 +7,17 @@ gathers neighbourhoods with ``nn.Unfold``). Used by :mod:`flaxattn.layers.dilate
 
 Neighbourhoods are zero padded as ``nn.Unfold`` pads them: a query near the border
 still attends to ``k * k`` keys, the out-of-map ones with logit 0 and value 0.
-They are built without unfold: the padded map is
-sliced once per window offset (shift-and-stack), each offset's logits are a
-fused multiply-reduce and the output a running weighted sum of shifted values, so
-nothing ``k * k`` times the size of the map is ever materialised. The backward is
-written by hand (``jax.custom_vjp``) in the same form: the key and value gradients
-*gather* from the queries that saw each key (``dk[m] = sum_j dlogit_j[m - o_j] q[m - o_j]``)
-instead of scattering one padded map per offset, as autodiff of the slices would;
-a loop over the kernel rows keeps one accumulator alive per gradient, so a train
-step needs less temp memory than an unfold version or autodiff through the slices
-(figures and the command that measures them: ``bench/NOTES.md``).
+They are built without unfold: the padded map is sliced once per window offset,
+each offset's logits are a multiply-add chain over the head dimension and the
+output a weighted sum of shifted values, so nothing ``k * k`` times the size of
+the map is ever materialised. The kernel works on channels-first maps
+(:func:`dilated_attention_channels_first`; see the comment above the kernel for
+why); :func:`dilated_attention` takes MSDA's channels-last layout and transposes.
+The backward is written by hand (``jax.custom_vjp``) in the same form: the key and
+value gradients *gather* from the queries that saw each key
+(``dk[m] = sum_j dlogit_j[m - o_j] q[m - o_j]``) instead of scattering one padded
+map per offset, as autodiff of the slices would (figures and the command that
+measures them: ``bench/NOTES.md``).
 """
 
 from __future__ import annotations
@@ -68,129 +69,159 @@ def check_heads(dim: int, num_heads: int, num_groups: int | None = None) -> int:
 
 
 # --- the kernel --------------------------------------------------------------------------------
+#
+# Layout: channels first, ``(heads, hd, B, H, W)`` per group, so every operation is
+# elementwise over whole ``(B, H, W)`` maps (W innermost, vectorised) and the window
+# shifts are slices of the two minor axes. The head-dim contractions are written as
+# chains of multiply-adds over ``hd`` slices, not as ``jnp.sum``: XLA:CPU runs a
+# reduce over a minor axis of 24 channels (channels-last) or a major axis
+# (channels-first) several times slower than the fused chain (bench/NOTES.md).
+# The per-tap logits are computed inside ``lax.map`` over the taps: the loop makes
+# XLA materialise them; as plain ops it fuses the whole chain into every consumer
+# that broadcasts them over ``hd`` (the output and gradient sums) and recomputes it
+# ``hd`` times.
 
 
-def _pad_hw(x: jax.Array, p: int, axis: int = 1) -> jax.Array:
-    pads = [(0, 0)] * x.ndim
-    pads[axis] = pads[axis + 1] = (p, p)
-    return jnp.pad(x, pads)
+def _pad_hw(x: jax.Array, p: int) -> jax.Array:
+    return jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(p, p), (p, p)])
 
 
-def _rows(x: jax.Array, start: jax.Array, size: int, axis: int = 1) -> jax.Array:
-    return lax.dynamic_slice_in_dim(x, start, size, axis=axis)
+def _window(x: jax.Array, a: int, b: int, h: int, w: int) -> jax.Array:
+    """``x[..., a:a + h, b:b + w]`` (static offsets)."""
+    return lax.slice(x, (0,) * (x.ndim - 2) + (a, b), x.shape[:-2] + (a + h, b + w))
 
 
-def _cols(x: jax.Array, start: int, size: int, axis: int = 2) -> jax.Array:
-    return lax.slice_in_dim(x, start, start + size, axis=axis)
+def _dynamic_rows(x: jax.Array, a: jax.Array, h: int) -> jax.Array:
+    """``x[..., a:a + h, :]``."""
+    return lax.dynamic_slice_in_dim(x, a, h, axis=x.ndim - 2)
 
 
-def _softmax_rows_cols(x: jax.Array) -> jax.Array:
-    """Softmax over the window, laid out as axis 0 (kernel row) and -1 (kernel column)."""
-    e = jnp.exp(x - lax.stop_gradient(jnp.max(x, axis=(0, -1), keepdims=True)))
-    return e / jnp.sum(e, axis=(0, -1), keepdims=True)
-
-
-def _window_starts(kernel_size: int, dilation: int) -> tuple[np.ndarray, list[int]]:
+def _taps(kernel_size: int, dilation: int) -> list[tuple[int, int]]:
     # In a map padded by p = dilation * (k // 2), the window tap (a, b) of the
     # query at (i, j) sits at (i + a * dilation, j + b * dilation).
-    return np.arange(kernel_size) * dilation, [b * dilation for b in range(kernel_size)]
+    return [(a * dilation, b * dilation) for a in range(kernel_size) for b in range(kernel_size)]
 
 
-def _group_forward(q, k, v, kernel_size, dilation):
-    """One dilation group: ``q, k, v (B, H, W, heads, hd)`` (q scaled) -> output, weights.
+def _head_dot(x: jax.Array, y: jax.Array) -> jax.Array:
+    """``sum(x * y, axis=1)`` for ``(heads, hd, B, H, W)`` maps, as a multiply-add chain."""
+    out = x[:, 0] * y[:, 0]
+    for c in range(1, x.shape[1]):
+        out = out + x[:, c] * y[:, c]
+    return out
 
-    The weights are laid out ``(k, B, H, W, heads, k)``: kernel rows first, so the
-    loops over rows read contiguous slices.
-    """
-    _, h, w = q.shape[:3]
+
+def _tap_dots(
+    x: jax.Array,
+    yp: jax.Array,
+    kernel_size: int,
+    dilation: int,
+    scale: float,
+    softmax_grad: tuple[jax.Array, jax.Array] | None = None,
+) -> jax.Array:
+    """``(k * k, heads, B, H, W)``: ``scale`` times ``x`` against the padded ``yp``
+    shifted to each tap (one loop step per kernel row, its taps' columns as static
+    slices). With ``softmax_grad = (attn, delta)`` the result is
+    ``scale * attn * (dots - delta)``, the gradient of the scaled logits' dot products,
+    computed in the loop so that it too is materialised once."""
+    h, w = x.shape[-2:]
+    cols = [b * dilation for b in range(kernel_size)]
+
+    def row(xs):
+        start, attn = xs
+        yr = _dynamic_rows(yp, start, h)
+        dots = jnp.stack([_head_dot(x, _window(yr, 0, c, h, w)) for c in cols])
+        dots = dots if attn is None else attn * (dots - softmax_grad[1])
+        return dots * jnp.asarray(scale, dots.dtype)
+
+    starts = jnp.arange(kernel_size, dtype=jnp.int32) * dilation
+    attn = None
+    if softmax_grad is not None:
+        attn = softmax_grad[0].reshape(kernel_size, kernel_size, *softmax_grad[0].shape[1:])
+    dots = lax.map(row, (starts, attn))
+    return dots.reshape(kernel_size * kernel_size, *dots.shape[2:])
+
+
+def _group_forward(q, k, v, kernel_size, dilation, scale):
+    """One dilation group, ``q, k, v (heads, hd, B, H, W)`` -> output and the attention
+    weights ``(k * k, heads, B, H, W)``."""
+    h, w = q.shape[-2:]
     p = dilation * (kernel_size // 2)
-    rows, cols = _window_starts(kernel_size, dilation)
-    rows = jnp.asarray(rows)
-    kp, vp = _pad_hw(k, p), _pad_hw(v, p)
-
-    def row_logits(start):
-        kr = _rows(kp, start, h)
-        return jnp.stack([jnp.sum(q * _cols(kr, c, w), axis=-1) for c in cols], axis=-1)
-
-    attn = _softmax_rows_cols(lax.map(row_logits, rows))
-
-    def accumulate(out, xs):
-        a_row, start = xs
-        vr = _rows(vp, start, h)
-        for j, c in enumerate(cols):
-            out = out + a_row[..., j, None] * _cols(vr, c, w)
-        return out, None
-
-    out, _ = lax.scan(accumulate, jnp.zeros_like(q), (attn, rows))
+    taps = _taps(kernel_size, dilation)
+    logits = _tap_dots(q, _pad_hw(k, p), kernel_size, dilation, scale)
+    rows = [logits[t] for t in range(len(taps))]
+    top = functools.reduce(jnp.maximum, rows)
+    exps = [jnp.exp(r - top) for r in rows]
+    total = functools.reduce(jnp.add, exps)
+    attn = jnp.stack([e / total for e in exps])
+    vp = _pad_hw(v, p)
+    out = functools.reduce(
+        jnp.add, (attn[t][:, None] * _window(vp, a, b, h, w) for t, (a, b) in enumerate(taps))
+    )
     return out, attn
 
 
-def _group_backward(q, k, v, attn, dout, kernel_size, dilation):
-    """Gradients of :func:`_group_forward` w.r.t. (scaled) q, k and v."""
-    _, h, w = q.shape[:3]
+def _group_backward(q, k, v, attn, out, dout, kernel_size, dilation, scale):
+    """Gradients of :func:`_group_forward` w.r.t. q, k and v.
+
+    ``dlogit_t = attn_t * (dout . v_t - dout . out)`` (the softmax backward with
+    ``sum_t attn_t dout . v_t = dout . out``). The key and value gradients *gather*
+    from the queries that saw each key, ``dk[m] = sum_t dlogit_t[m - o_t] q[m - o_t]``,
+    instead of scattering one padded map per tap, as autodiff of the slices would.
+    """
+    h, w = q.shape[-2:]
     p = dilation * (kernel_size // 2)
-    rows, cols = _window_starts(kernel_size, dilation)
-    # Tap (a, b) seen from the key's side: the query sits at minus the offset.
-    back_rows = jnp.asarray(rows[::-1].copy())
-    rows = jnp.asarray(rows)
-    kp, vp = _pad_hw(k, p), _pad_hw(v, p)
-
-    def row_dattn(start):
-        vr = _rows(vp, start, h)
-        return jnp.stack([jnp.sum(dout * _cols(vr, c, w), axis=-1) for c in cols], axis=-1)
-
-    dattn = lax.map(row_dattn, rows)
-    dlogits = attn * (dattn - jnp.sum(attn * dattn, axis=(0, -1), keepdims=True))
-    dlp, ap = _pad_hw(dlogits, p, axis=2), _pad_hw(attn, p, axis=2)
-    qp, dop = _pad_hw(q, p), _pad_hw(dout, p)
-    last = (kernel_size - 1) * dilation
-
-    def accumulate(grads, xs):
-        dq, dk, dv = grads
-        dl_row, start, back, dlp_row, ap_row = xs
-        kr = _rows(kp, start, h)
-        qr, dor = _rows(qp, back, h), _rows(dop, back, h)
-        dlr, ar = _rows(dlp_row, back, h), _rows(ap_row, back, h)
-        for j, c in enumerate(cols):
-            dq = dq + dl_row[..., j, None] * _cols(kr, c, w)
-            dk = dk + _cols(dlr, last - c, w)[..., j, None] * _cols(qr, last - c, w)
-            dv = dv + _cols(ar, last - c, w)[..., j, None] * _cols(dor, last - c, w)
-        return (dq, dk, dv), None
-
-    zeros = jnp.zeros_like(q)
-    (dq, dk, dv), _ = lax.scan(
-        accumulate, (zeros, zeros, zeros), (dlogits, rows, back_rows, dlp, ap)
+    taps = _taps(kernel_size, dilation)
+    vp = _pad_hw(v, p)
+    # dl: the gradient of q . k_t (the logits before scaling).
+    dl = _tap_dots(dout, vp, kernel_size, dilation, scale, (attn, _head_dot(dout, out)))
+    kp = _pad_hw(k, p)
+    dq = functools.reduce(
+        jnp.add, (dl[t][:, None] * _window(kp, a, b, h, w) for t, (a, b) in enumerate(taps))
     )
-    return dq, dk, dv
+    # Tap (a, b) seen from the key's side: the query sits at minus the offset.
+    last = 2 * p
+    qp, dop, dlp, ap = _pad_hw(q, p), _pad_hw(dout, p), _pad_hw(dl, p), _pad_hw(attn, p)
+
+    def gather(weights, xp):
+        return functools.reduce(
+            jnp.add,
+            (
+                _window(weights[t], last - a, last - b, h, w)[:, None]
+                * _window(xp, last - a, last - b, h, w)
+                for t, (a, b) in enumerate(taps)
+            ),
+        )
+
+    return dq, gather(dlp, qp), gather(ap, dop)
 
 
-def _split_group(qkv, i, heads, scale):
-    b, h, w, _, _, cg = qkv.shape
-    q, k, v = (qkv[..., j, i, :].reshape(b, h, w, heads, cg // heads) for j in range(3))
-    return q * jnp.asarray(scale, q.dtype), k, v
+def _split_group(qkv, i, heads):
+    _, _, cg, b, h, w = qkv.shape
+    return tuple(qkv[j, i].reshape(heads, cg // heads, b, h, w) for j in range(3))
 
 
 def _dilated_attention_fwd(qkv, kernel_size, dilation, heads, scale):
-    b, h, w, _, _, cg = qkv.shape
+    _, _, cg, b, h, w = qkv.shape
     outs, attns = [], []
     for i, d in enumerate(dilation):
-        out, attn = _group_forward(*_split_group(qkv, i, heads, scale), kernel_size, d)
-        outs.append(out.reshape(b, h, w, cg))
+        out, attn = _group_forward(*_split_group(qkv, i, heads), kernel_size, d, scale)
+        outs.append(out.reshape(cg, b, h, w))
         attns.append(attn)
-    return jnp.concatenate(outs, axis=-1), (qkv, attns)
+    out = jnp.concatenate(outs, axis=0)
+    return out, (qkv, attns, out)
 
 
 def _dilated_attention_bwd(kernel_size, dilation, heads, scale, res, dout):
-    qkv, attns = res
-    b, h, w, _, _, cg = qkv.shape
-    grads = [[], [], []]
+    qkv, attns, out = res
+    _, _, cg, b, h, w = qkv.shape
+    grads = []
     for i, d in enumerate(dilation):
-        q, k, v = _split_group(qkv, i, heads, scale)
-        do = dout[..., i * cg : (i + 1) * cg].reshape(q.shape)
-        dq, dk, dv = _group_backward(q, k, v, attns[i], do, kernel_size, d)
-        for g, t in zip(grads, (dq * jnp.asarray(scale, dq.dtype), dk, dv), strict=True):
-            g.append(t.reshape(b, h, w, cg))
-    return (jnp.stack([jnp.stack(g, axis=-2) for g in grads], axis=-3),)
+        q, k, v = _split_group(qkv, i, heads)
+        rows = slice(i * cg, (i + 1) * cg)
+        do, o = (t[rows].reshape(q.shape) for t in (dout, out))
+        dq, dk, dv = _group_backward(q, k, v, attns[i], o, do, kernel_size, d, scale)
+        grads.append(jnp.stack([t.reshape(cg, b, h, w) for t in (dq, dk, dv)]))
+    return (jnp.stack(grads, axis=1),)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
@@ -199,6 +230,58 @@ def _dilated_attention(qkv, kernel_size, dilation, heads, scale):
 
 
 _dilated_attention.defvjp(_dilated_attention_fwd, _dilated_attention_bwd)
+
+
+def _check_args(where, qkv, layout, n_axis, kernel_size, dilation, heads):
+    if qkv.ndim != 6 or qkv.shape[n_axis - 1] != 3 or qkv.shape[n_axis] != len(dilation):
+        raise ValueError(
+            f"{where}: expected `qkv` of shape {layout.format(n=len(dilation))}, "
+            f"got {tuple(qkv.shape)}"
+        )
+    check_kernel_size(kernel_size)
+    check_heads(qkv.shape[n_axis + 1], heads)
+
+
+def dilated_attention_channels_first(
+    qkv: jax.Array,
+    *,
+    kernel_size: int,
+    dilation: Sequence[int],
+    heads: int,
+    scale: float,
+) -> jax.Array:
+    """Multi-scale sliding-window dilated attention on channels-first maps.
+
+    The kernel itself: :func:`dilated_attention` transposes into this layout and back;
+    :class:`~flaxattn.layers.dilate.MultiDilateLocalAttention` produces it straight
+    from its qkv projection (the 1x1 convolution as a ``(3C, C) x (C, B*H*W)`` matmul)
+    and feeds the result to its output projection the same way: no explicit transpose
+    of the activations (a channels-last projection plus transposes measured slower).
+
+    Args:
+      qkv: ``(3, n, C / n, B, H, W)``: q, k and v of ``n = len(dilation)`` head groups
+        (MSDA's channel layout ``[3][n][C / n]``), each group ``heads`` heads wide.
+      kernel_size: window side ``k`` (odd).
+      dilation: one dilation rate per group.
+      heads: heads per group.
+      scale: logit scale.
+
+    Returns:
+      ``(C, B, H, W)``, the groups' outputs one after the other (channels ``[n][heads][hd]``).
+
+    Out-of-map keys are zeros that take part in the softmax (``nn.Unfold``'s zero
+    padding). Differentiable (custom VJP, see :func:`_group_backward`).
+    """
+    _check_args(
+        "dilated_attention_channels_first",
+        qkv,
+        "(3, {n}, C/n, B, H, W)",
+        1,
+        kernel_size,
+        dilation,
+        heads,
+    )
+    return _dilated_attention(qkv, kernel_size, tuple(dilation), heads, float(scale))
 
 
 def dilated_attention(
@@ -223,13 +306,11 @@ def dilated_attention(
       ``(B, H, W, C)``, the groups' outputs side by side (channels ``[n][heads][hd]``).
 
     Out-of-map keys are zeros that take part in the softmax (``nn.Unfold``'s zero
-    padding). Differentiable (custom VJP, see the module docstring).
+    padding). Differentiable. Computed by :func:`dilated_attention_channels_first`
+    between two transposes (``(B*H*W, 3C) -> (3C, B*H*W)`` and back).
     """
-    if qkv.ndim != 6 or qkv.shape[3] != 3 or qkv.shape[4] != len(dilation):
-        raise ValueError(
-            f"dilated_attention: expected `qkv` of shape (B, H, W, 3, {len(dilation)}, C/n), "
-            f"got {tuple(qkv.shape)}"
-        )
-    check_kernel_size(kernel_size)
-    check_heads(qkv.shape[-1], heads)
-    return _dilated_attention(qkv, kernel_size, tuple(dilation), heads, float(scale))
+    _check_args("dilated_attention", qkv, "(B, H, W, 3, {n}, C/n)", 4, kernel_size, dilation, heads)
+    b, h, w, _, n, cg = qkv.shape
+    first = qkv.reshape(b * h * w, 3 * n * cg).T.reshape(3, n, cg, b, h, w)
+    out = _dilated_attention(first, kernel_size, tuple(dilation), heads, float(scale))
+    return out.reshape(n * cg, b * h * w).T.reshape(b, h, w, n * cg)
