@@ -30,6 +30,7 @@ from flaxattn.ops.init import (
     on_device,
     torch_uniform_init,
 )
+from flaxattn.ops.pointwise import pointwise_conv
 
 Dtype = jnp.dtype | type | None
 
@@ -144,9 +145,7 @@ class Conv2d(nnx.Conv):
             x = x[..., ::sh, ::sw, :]
         bias = self.bias[...] if self.bias is not None else None
         x, kernel, bias = self.promote_dtype((x, self.kernel[...][0, 0], bias), dtype=self.dtype)
-        y = jax.lax.dot_general(
-            x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=self.precision
-        )
+        y = pointwise_conv(x, kernel, self.precision)
         return y + bias if bias is not None else y
 
 
