@@ -5,6 +5,9 @@
 an ``attention_impl``: einsums, ``jax.nn.dot_product_attention`` XLA/cuDNN, Pallas),
 ``depthwise.py`` (depthwise and grouped shift convolutions), ``relative.py`` (AA-Conv's
 relative logits), ``reversible.py`` (the reversible coupling), ``dropout.py`` (hashed
-dropout masks); plus ``init.py`` (torch-like initialisers), ``checks.py`` (argument
-checks) and ``reduce.py``. The modules that use them are in :mod:`flaxattn.layers`.
+dropout masks), ``batchnorm.py`` (train-mode BatchNorm with PyTorch's closed-form
+backward), ``pointwise.py`` (1x1 convolution as a matmul with a two-GEMM backward),
+``reduce.py`` (a max whose gradient goes to the first maximum); plus ``init.py``
+(torch-like initialisers) and ``checks.py`` (argument checks). The modules that use them
+are in :mod:`flaxattn.layers`.
 """
