@@ -48,8 +48,8 @@ def _spatial_conv(conv: Conv2d, x: jax.Array) -> jax.Array:
     """``conv(x)`` for the spatial gates' 7x7 conv (2 -> 1 channels, stride 1, padding 3).
 
     As a sum of shifted slices (:func:`flaxattn.ops.depthwise.shift_conv`, one group):
-    XLA:CPU's convolution with one or two channels took ~10 ms each for the forward and
-    the input gradient of ResBlockCBAM's 32x32x32 map, the slices ~1 ms.
+    XLA:CPU's convolution with one or two channels is slow, forward and input gradient
+    alike (issue 15; figures in ``bench/NOTES.md``).
     """
     bias = conv.bias[...] if conv.bias is not None else None
     x, kernel, bias = conv.promote_dtype((x, conv.kernel[...], bias), dtype=conv.dtype)

@@ -4,8 +4,8 @@
 of the ``dot_general`` gives the right products, but on XLA:CPU the kernel gradient of a
 channels-last activation came out as a copy of the output gradient to channels-major
 (with everything fused into that copy recomputed in transposed order) feeding a slow
-Eigen dot: in ResBlockCBAM's train step 18 ms of copy and 15 ms of dot for one 1x1 conv
-(issue 15, ``bench/NOTES.md``). Written by hand on ``(N, C)`` views::
+Eigen dot, the two together slower than the rest of that conv's work (ResBlockCBAM's train
+step, issue 15; figures in ``bench/NOTES.md``). Written by hand on ``(N, C)`` views::
 
     dx = dy @ kernel^T            (contracting the channels: the forward's kind of GEMM)
     dkernel = x2^T @ dy2          (contracting N = B*H*W on the row-major views)

@@ -9,7 +9,7 @@ element, as ``torch.max``/``AdaptiveMaxPool2d`` do.
 
 The index is found in the forward pass with two plain reductions, ``m = max(x)`` and
 the smallest position where ``x == m``; ``jnp.argmax``'s variadic (value, index)
-reduction ran about 8x slower on XLA:CPU (issue 15's profile, ``bench/PROFILES.md``).
+reduction is several times slower on XLA:CPU (issue 15; figures in ``bench/NOTES.md``).
 A ``jax.custom_vjp`` saves the index, and the backward sends the cotangent to it. XLA
 may still recompute ``x`` for the comparison in another fusion than for the maximum
 (``optimization_barrier`` does not stop it: XLA:CPU drops barriers before fusion); if
