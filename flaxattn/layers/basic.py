@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 from flax.nnx.nn.dtypes import canonicalize_dtype
 
+from flaxattn.ops.batchnorm import batch_norm_train
 from flaxattn.ops.checks import check_positive, check_rate
 from flaxattn.ops.dense import dense_dot_general
 from flaxattn.ops.dropout import keep_mask
@@ -33,6 +34,7 @@ from flaxattn.ops.init import (
 )
 from flaxattn.ops.norm import gelu as _gelu
 from flaxattn.ops.norm import layer_norm
+from flaxattn.ops.pointwise import pointwise_conv
 
 Dtype = jnp.dtype | type | None
 
@@ -148,9 +150,7 @@ class Conv2d(nnx.Conv):
             x = x[..., ::sh, ::sw, :]
         bias = self.bias[...] if self.bias is not None else None
         x, kernel, bias = self.promote_dtype((x, self.kernel[...][0, 0], bias), dtype=self.dtype)
-        y = jax.lax.dot_general(
-            x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=self.precision
-        )
+        y = pointwise_conv(x, kernel, self.precision)
         return y + bias if bias is not None else y
 
 
@@ -268,32 +268,32 @@ class BatchNorm(nnx.Module):
         out_dtype = self.dtype or x.dtype
         stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
         xs = x.astype(stat_dtype)
-        axes = tuple(range(x.ndim - 1))
         tracking = self.mean is not None
+        scale = self.scale[...].astype(stat_dtype) if self.scale is not None else None
+        bias = self.bias[...].astype(stat_dtype) if self.bias is not None else None
         if self.use_running_average and tracking:
             mean = self.mean[...].astype(stat_dtype)
             var = self.var[...].astype(stat_dtype)
-        else:
-            n = math.prod(x.shape[:-1])
-            if n < 2:
-                raise ValueError(
-                    f"BatchNorm in train mode needs more than one value per channel, "
-                    f"got input of shape {tuple(x.shape)} (batch size {x.shape[0]})"
-                )
-            mean = xs.mean(axes)
-            var = jnp.square(xs - mean).mean(axes)
-            if tracking and not self.use_running_average:
-                count = self.num_batches_tracked[...] + 1
-                m = 1.0 / count if self.momentum is None else self.momentum
-                batch_mean = jax.lax.stop_gradient(mean)
-                batch_var = jax.lax.stop_gradient(var) * (n / (n - 1))
-                old_mean, old_var = self.mean[...], self.var[...]
-                self.mean[...] = ((1 - m) * old_mean + m * batch_mean).astype(old_mean.dtype)
-                self.var[...] = ((1 - m) * old_var + m * batch_var).astype(old_var.dtype)
-                self.num_batches_tracked[...] = count
-        y = (xs - mean) * jax.lax.rsqrt(var + self.eps)
-        if self.scale is not None:
-            y = y * self.scale[...].astype(stat_dtype) + self.bias[...].astype(stat_dtype)
+            y = (xs - mean) * jax.lax.rsqrt(var + self.eps)
+            if scale is not None:
+                y = y * scale + bias
+            return y.astype(out_dtype)
+        n = math.prod(x.shape[:-1])
+        if n < 2:
+            raise ValueError(
+                f"BatchNorm in train mode needs more than one value per channel, "
+                f"got input of shape {tuple(x.shape)} (batch size {x.shape[0]})"
+            )
+        y, mean, var = batch_norm_train(xs, scale, bias, self.eps)
+        if tracking and not self.use_running_average:
+            count = self.num_batches_tracked[...] + 1
+            m = 1.0 / count if self.momentum is None else self.momentum
+            batch_mean = jax.lax.stop_gradient(mean)
+            batch_var = jax.lax.stop_gradient(var) * (n / (n - 1))
+            old_mean, old_var = self.mean[...], self.var[...]
+            self.mean[...] = ((1 - m) * old_mean + m * batch_mean).astype(old_mean.dtype)
+            self.var[...] = ((1 - m) * old_var + m * batch_var).astype(old_var.dtype)
+            self.num_batches_tracked[...] = count
         return y.astype(out_dtype)
 
 

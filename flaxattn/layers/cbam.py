@@ -34,6 +34,7 @@ from flax import nnx
 
 from flaxattn.layers.basic import BatchNorm2d, Conv2d, Dtype, Linear
 from flaxattn.ops.checks import check_choice, check_input, check_positive
+from flaxattn.ops.depthwise import shift_conv
 from flaxattn.ops.reduce import max_reduce
 
 
@@ -41,6 +42,19 @@ def _check_ratio(channel: int, ratio: int, ratio_name: str) -> None:
     check_positive(channel=channel, **{ratio_name: ratio})
     if ratio > channel:
         raise ValueError(f"`{ratio_name}` (={ratio}) must not exceed `channel` (={channel})")
+
+
+def _spatial_conv(conv: Conv2d, x: jax.Array) -> jax.Array:
+    """``conv(x)`` for the spatial gates' 7x7 conv (2 -> 1 channels, stride 1, padding 3).
+
+    As a sum of shifted slices (:func:`flaxattn.ops.depthwise.shift_conv`, one group):
+    XLA:CPU's convolution with one or two channels is slow, forward and input gradient
+    alike (issue 15; figures in ``bench/NOTES.md``).
+    """
+    bias = conv.bias[...] if conv.bias is not None else None
+    x, kernel, bias = conv.promote_dtype((x, conv.kernel[...], bias), dtype=conv.dtype)
+    y = shift_conv(x[..., None, :], kernel, 1)
+    return y + bias if bias is not None else y
 
 
 class ChannelAttention(nnx.Module):
@@ -99,7 +113,7 @@ class SpatialAttention(nnx.Module):
         pooled = jnp.concatenate(
             [x.mean(axis=-1, keepdims=True), max_reduce(x, -1, keepdims=True)], axis=-1
         )
-        return nnx.sigmoid(self.conv2d(pooled))
+        return nnx.sigmoid(_spatial_conv(self.conv2d, pooled))
 
 
 class CBAM(nnx.Module):
@@ -328,7 +342,9 @@ class SpatialGate(nnx.Module):
         compressed = jnp.concatenate(
             [max_reduce(x, -1, keepdims=True), x.mean(axis=-1, keepdims=True)], axis=-1
         )
-        return x * nnx.sigmoid(self.spatial(compressed))
+        conv = self.spatial
+        y = conv.bn(_spatial_conv(conv.conv, compressed))
+        return x * nnx.sigmoid(y)
 
 
 class JongchanCBAM(nnx.Module):
