@@ -26,6 +26,7 @@ rebuild the batch (dataset, split, indices) and the Flax logits on it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import time
@@ -188,17 +189,39 @@ def _twin_for_file(spec, info, overrides, model: nnx.Module, path: Path):
     return twin, model, layout
 
 
-def parity_gate(spec, info, overrides, model: nnx.Module, path: str | Path, x) -> str:
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """PyTorch's intra-op threads set to ``n`` (``None``: unchanged) for the block."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def parity_gate(
+    spec, info, overrides, model: nnx.Module, path: str | Path, x, *, threads: int | None = None
+) -> str:
     """Check ``model`` (float32 compute, holding ``path``) against its twin on ``x``.
 
+    ``threads``: PyTorch's intra-op threads for the check (the training loop leaves a
+    core to the train step's compilation, which runs beside the gate: on a busy machine
+    spinning OpenMP threads make a 20 ms forward + backward take seconds).
     Returns the one line to print; raises :class:`ParityGateError` on a mismatch.
     """
     path = Path(path)
     if not torch_available():
         return "parity gate skipped: torch is not installed (pip install torch to run it)"
     t0 = time.perf_counter()
-    twin, fm, layout = _twin_for_file(spec, info, overrides, model, path)
-    reports, notes = run_checks(twin, fm, np.asarray(x, np.float32), spec.name)
+    with torch_threads(threads):
+        twin, fm, layout = _twin_for_file(spec, info, overrides, model, path)
+        reports, notes = run_checks(twin, fm, np.asarray(x, np.float32), spec.name)
     tol = TOLERANCES["float32"]
     where = (
         f"{spec.name} <- {path.name}"
