@@ -309,3 +309,17 @@ def test_upstream_layouts_go_through_the_same_gate(tmp_path, layout):
     line = parity_gate(spec, data.info, overrides, model, path, x)
     assert line.startswith("parity gate passed (vit_tiny <- up.safetensors")
     assert (f"({layout} layout)" in line) == (layout != "canonical")
+
+
+def test_an_xla_without_the_quick_compile_options_uses_its_defaults(tmp_path, monkeypatch):
+    """QUICK_COMPILE names XLA debug options; an XLA that dropped one must not break the
+    gate (it compiles with the defaults instead)."""
+    monkeypatch.setattr("train.gate.QUICK_COMPILE", {"xla_no_such_option_for_this_test": True})
+    spec, data, overrides = get_model("vit_tiny"), load_dataset("digits"), {"depth": 1}
+    torch.manual_seed(0)
+    path = tmp_path / "twin.pt"
+    torch.save(build_torch(spec, data.info, overrides).state_dict(), path)
+    model = build_flax(spec, data.info, overrides, rngs=nnx.Rngs(1))
+    load_state_dict(model, load_weights(path))
+    x = batch_images(data.train, range(8), data)
+    assert parity_gate(spec, data.info, overrides, model, path, x).startswith("parity gate passed")
