@@ -255,7 +255,7 @@ def build_run(cfg: TrainConfig, *, devices: int | None = None) -> Run:
 class _Gate(threading.Thread):
     """The parity gate, run beside the compilation of the first train step.
 
-    Both start-up costs (torch's first call, the gate's own compile, the train step's
+    The start-up costs (torch's first call, the gate's own compile, the train step's
     compile) are mostly single-threaded: on two cores they overlap. :meth:`result`
     joins the thread and re-raises its error, before any step has run.
     """
@@ -297,7 +297,7 @@ def _start_gate(run: Run, model: nnx.Module) -> _Gate:
     return gate
 
 
-def compile_train_step(run: Run, state: TrainState) -> None:
+def _compile_train_step(run: Run, state: TrainState) -> None:
     """Compile the train step ahead of time for ``state``'s arrays and the run's batch
     (``jax.jit`` reuses the executable at the first step)."""
     b = run.par.batch
@@ -337,7 +337,7 @@ def create_state(run: Run) -> TrainState:
         arrays = run.par.put_state((params, rest, opt_state), run.shardings)
         state = TrainState(*arrays, step=0)
         if gate is not None:
-            compile_train_step(run, state)
+            _compile_train_step(run, state)
     finally:
         # A failed gate is the error to report, even when this thread failed too.
         line = gate.result() if gate is not None else None
