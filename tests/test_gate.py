@@ -18,6 +18,7 @@ import torch
 from flax import nnx
 
 import flaxattn.convert.rules as rules
+import train.loop as train_loop
 from flaxattn.convert import (
     load_state_dict,
     load_weights,
@@ -39,6 +40,8 @@ pytestmark = pytest.mark.slow  # whole training runs: scheduled first (conftest.
 OVERRIDES = {"planes": (4, 8, 16)}
 TINY = ["--model", "cbam_resnet", "--dataset", "digits", "--set", "planes=(4,8,16)"]
 TINY += ["--batch-size", "64", "--no-progress", "--no-tensorboard", "--max-steps", "1"]
+VIT_1 = ["--model", "vit_tiny", "--dataset", "digits", "--set", "depth=1", "--set", "dim=32"]
+VIT_1 += ["--set", "mlp_dim=32", *TINY[6:]]
 
 
 @pytest.fixture(scope="module")
@@ -196,6 +199,39 @@ def test_verify_rechecks_the_certificate_in_pytorch(
         assert sha256(path) in out.err and cert["weights_sha256"] in out.err
 
 
+def test_a_failed_certificate_still_writes_the_weights_and_says_so(tmp_path, monkeypatch, capsys):
+    """A fault after training (the Flax model computes 1% more from export on): the
+    weights and a certificate with ``passed: false`` are written, the run exits 1
+    (CertificateError) and ``train.verify`` refuses the file. A one-block ViT without
+    BatchNorm: the certificate compiles one Flax side (eval mode) instead of two."""
+    host_model = train_loop._host_model
+
+    def faulty_host_model(run, state):
+        model = host_model(run, state)
+        call = type(model).__call__
+        monkeypatch.setattr(type(model), "__call__", lambda self, x: call(self, x) * 1.01)
+        return model
+
+    monkeypatch.setattr(train_loop, "_host_model", faulty_host_model)
+    path = tmp_path / "w.safetensors"
+    try:
+        rc = train_main([*VIT_1, "--workdir", str(tmp_path / "run"), "--export", str(path)])
+    finally:
+        jax.clear_caches()  # no trace of the patched code outlives the test
+    out = capsys.readouterr()
+    assert rc == 1, out
+    assert "does not compute in PyTorch what the trained model computes" in out.err
+    assert "written with a failed certificate" in out.err and "FAIL" in out.err
+    assert "done:" not in out.out
+    cert = json.loads(path.with_name(path.name + ".json").read_text())["certificate"]
+    assert cert["passed"] is False and "FAIL" in cert["failures"]
+    assert cert["weights_sha256"] == sha256(path)
+    assert cert["max_errors"]["eval"]["output"] > cert["tolerances"]["rtol"]
+    assert len(load_weights(path)) > 0
+    assert verify_main([str(path)]) == 1
+    assert "the certificate records a failed check" in capsys.readouterr().err
+
+
 def test_without_torch_the_gate_is_skipped_with_a_notice(init_file, monkeypatch):
     monkeypatch.setattr("train.gate.torch_available", lambda: False)
     spec, data = get_model("cbam_resnet"), load_dataset("digits")
@@ -273,3 +309,17 @@ def test_upstream_layouts_go_through_the_same_gate(tmp_path, layout):
     line = parity_gate(spec, data.info, overrides, model, path, x)
     assert line.startswith("parity gate passed (vit_tiny <- up.safetensors")
     assert (f"({layout} layout)" in line) == (layout != "canonical")
+
+
+def test_an_xla_without_the_quick_compile_options_uses_its_defaults(tmp_path, monkeypatch):
+    """QUICK_COMPILE names XLA debug options; an XLA that dropped one must not break the
+    gate (it compiles with the defaults instead)."""
+    monkeypatch.setattr("train.gate.QUICK_COMPILE", {"xla_no_such_option_for_this_test": True})
+    spec, data, overrides = get_model("vit_tiny"), load_dataset("digits"), {"depth": 1}
+    torch.manual_seed(0)
+    path = tmp_path / "twin.pt"
+    torch.save(build_torch(spec, data.info, overrides).state_dict(), path)
+    model = build_flax(spec, data.info, overrides, rngs=nnx.Rngs(1))
+    load_state_dict(model, load_weights(path))
+    x = batch_images(data.train, range(8), data)
+    assert parity_gate(spec, data.info, overrides, model, path, x).startswith("parity gate passed")

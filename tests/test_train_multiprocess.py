@@ -47,7 +47,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-# The export certificate is checked once, on the dropout model below.
+# The export certificate and the parity gate are checked once, on the dropout model below.
+VIT_SHRUNK = {"depth": 1, "dim": 32, "mlp_dim": 32}
 CBAM = ["--model", "cbam_resnet", "--set", "planes=(4,8,16)", "--no-parity-check"]
 
 
@@ -139,14 +140,30 @@ def test_two_processes_train_like_one(tmp_path):
 
 def test_two_processes_with_dropout_rng_state(tmp_path):
     """A model with dropout carries typed PRNG keys in its state: they too are placed on
-    the two processes' devices, checkpointed and exported (vit_tiny, shrunk)."""
+    the two processes' devices, checkpointed and exported (vit_tiny, shrunk). It starts
+    from its torch_ref twin's weights: both processes run the parity gate (a failure
+    would stop either with exit 2), only process 0 prints its line."""
+    import torch
+
+    from train.data import load_dataset
+    from train.models import build_torch, get_model
+
+    torch.manual_seed(0)
+    twin = build_torch(get_model("vit_tiny"), load_dataset("digits").info, VIT_SHRUNK)
+    torch.save(twin.state_dict(), tmp_path / "init.pt")
     res = _run(
         tmp_path / "vit",
         *("--max-steps", "3", "--export", str(tmp_path / "vit.npz")),
+        *("--init-from", str(tmp_path / "init.pt")),
         processes=2,
-        model=["--model", "vit_tiny", "--set", "depth=1", "--set", "dim=32", "--set", "mlp_dim=32"],
+        model=["--model", "vit_tiny", *(f"--set={k}={v}" for k, v in VIT_SHRUNK.items())],
+        env={"JAX_LOG_COMPILES": "1"},  # stderr shows what each process compiled
     )
     assert [r[0] for r in res] == [0, 0], [r[2][-2000:] for r in res]
+    assert res[0][1].count("parity gate passed (vit_tiny <- init.pt") == 1
+    assert "parity gate" not in res[1][1] + res[1][2]
+    # Process 1 checked too: it compiled the gate's Flax side (flaxattn.parity._vjp_run).
+    assert all("_vjp_run" in err for _, _, err in res), [r[2][-2000:] for r in res]
     assert "certificate: exported weights match in PyTorch" in res[0][1]
     assert len(_weights(tmp_path / "vit.npz")) > 0
 

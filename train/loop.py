@@ -252,8 +252,68 @@ def build_run(cfg: TrainConfig, *, devices: int | None = None) -> Run:
     )
 
 
+class _Gate(threading.Thread):
+    """The parity gate, run beside the compilation of the first train step.
+
+    The start-up costs (torch's first call, the gate's own compile, the train step's
+    compile) are mostly single-threaded: on two cores they overlap. :meth:`result`
+    joins the thread and re-raises its error, before any step has run.
+    """
+
+    def __init__(self, fn):
+        super().__init__(name="flaxattn-parity-gate", daemon=True)
+        self._fn = fn
+        self._line: str | None = None
+        self._error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._line = self._fn()
+        except BaseException as e:  # re-raised by result() in the main thread
+            self._error = e
+
+    def result(self) -> str:
+        self.join()
+        if self._error is not None:
+            raise self._error
+        return self._line
+
+
+def _start_gate(run: Run, model: nnx.Module) -> _Gate:
+    cfg = run.cfg
+    n = min(cfg.batch_size, GATE_BATCH, len(run.data.train))
+    x = batch_images(run.data.train, range(n), run.data)
+    # The thread gets its own copy: the main thread goes on to switch ``model`` to train
+    # mode and split it. The copy shares the (immutable) arrays.
+    fp32 = nnx.clone(_float32(run, model))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = max(1, (cores or 1) - 1)  # one core for the train step's compilation
+    gate = _Gate(
+        lambda: parity_gate(
+            run.spec, run.data.info, cfg.model_overrides, fp32, cfg.init_from, x, threads=threads
+        )
+    )
+    gate.start()
+    return gate
+
+
+def _compile_train_step(run: Run, state: TrainState) -> None:
+    """Compile the train step ahead of time for ``state``'s arrays and the run's batch
+    (``jax.jit`` reuses the executable at the first step)."""
+    b = run.par.batch
+    x = jax.ShapeDtypeStruct(
+        (run.cfg.batch_size, *run.data.train.image_shape), jnp.float32, sharding=b
+    )
+    y = jax.ShapeDtypeStruct((run.cfg.batch_size,), jnp.int32, sharding=b)
+    flags = jax.ShapeDtypeStruct((run.par.size,), jnp.int32, sharding=b)
+    run.train_step.lower(*state.arrays, (x, y), flags).compile()
+
+
 def create_state(run: Run) -> TrainState:
-    """Fresh weights from ``cfg.seed`` (or ``--init-from``), placed on the mesh."""
+    """Fresh weights from ``cfg.seed`` (or ``--init-from``), placed on the mesh.
+
+    With ``--init-from`` the parity gate runs in a thread while this thread compiles the
+    first train step; it is joined here, so a failed gate raises before any step."""
     cfg = run.cfg
     dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else None
     model = build_flax(
@@ -263,28 +323,27 @@ def create_state(run: Run) -> TrainState:
         rngs=_rngs(cfg),
         dtype=dtype,
     )
+    gate = None
     if cfg.init_from:
         load_state_dict(model, load_weights(cfg.init_from))
         if not cfg.parity_check:
             say("parity gate skipped (--no-parity-check)")
         else:
-            n = min(cfg.batch_size, GATE_BATCH, len(run.data.train))
-            x = batch_images(run.data.train, range(n), run.data)
-            say(
-                parity_gate(
-                    run.spec,
-                    run.data.info,
-                    cfg.model_overrides,
-                    _float32(run, model),
-                    cfg.init_from,
-                    x,
-                )
-            )
-    model.train()
-    _, params, rest = nnx.split(model, nnx.Param, ...)
-    opt_state = run.tx.init(params)
-    arrays = run.par.put_state((params, rest, opt_state), run.shardings)
-    return TrainState(*arrays, step=0)
+            gate = _start_gate(run, model)
+    try:
+        model.train()
+        _, params, rest = nnx.split(model, nnx.Param, ...)
+        opt_state = run.tx.init(params)
+        arrays = run.par.put_state((params, rest, opt_state), run.shardings)
+        state = TrainState(*arrays, step=0)
+        if gate is not None:
+            _compile_train_step(run, state)
+    finally:
+        # A failed gate is the error to report, even when this thread failed too.
+        line = gate.result() if gate is not None else None
+    if line is not None:
+        say(line)
+    return state
 
 
 def restore_state(run: Run, state: TrainState, iterator) -> tuple[TrainState, Any]:
