@@ -22,6 +22,7 @@ import shutil
 import signal
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -252,34 +253,13 @@ def build_run(cfg: TrainConfig, *, devices: int | None = None) -> Run:
     )
 
 
-class _Gate(threading.Thread):
-    """The parity gate, run beside the compilation of the first train step.
+def _start_gate(run: Run, model: nnx.Module) -> Future:
+    """The parity gate, run in a thread beside the compilation of the first train step.
 
     The start-up costs (torch's first call, the gate's own compile, the train step's
-    compile) are mostly single-threaded: on two cores they overlap. :meth:`result`
-    joins the thread and re-raises its error, before any step has run.
+    compile) are mostly single-threaded: on two cores they overlap. The future's
+    ``result()`` re-raises the gate's error, before any step has run.
     """
-
-    def __init__(self, fn):
-        super().__init__(name="flaxattn-parity-gate", daemon=True)
-        self._fn = fn
-        self._line: str | None = None
-        self._error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self._line = self._fn()
-        except BaseException as e:  # re-raised by result() in the main thread
-            self._error = e
-
-    def result(self) -> str:
-        self.join()
-        if self._error is not None:
-            raise self._error
-        return self._line
-
-
-def _start_gate(run: Run, model: nnx.Module) -> _Gate:
     cfg = run.cfg
     n = min(cfg.batch_size, GATE_BATCH, len(run.data.train))
     x = batch_images(run.data.train, range(n), run.data)
@@ -288,12 +268,18 @@ def _start_gate(run: Run, model: nnx.Module) -> _Gate:
     fp32 = nnx.clone(_float32(run, model))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = max(1, (cores or 1) - 1)  # one core for the train step's compilation
-    gate = _Gate(
-        lambda: parity_gate(
-            run.spec, run.data.info, cfg.model_overrides, fp32, cfg.init_from, x, threads=threads
-        )
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flaxattn-parity-gate")
+    gate = pool.submit(
+        parity_gate,
+        run.spec,
+        run.data.info,
+        cfg.model_overrides,
+        fp32,
+        cfg.init_from,
+        x,
+        threads=threads,
     )
-    gate.start()
+    pool.shutdown(wait=False)  # the submitted gate still runs; nothing else will
     return gate
 
 

@@ -32,7 +32,10 @@ from flaxattn.ops.init import (
     on_device,
     torch_uniform_init,
 )
-from flaxattn.ops.norm import gelu as _gelu
+
+# gelu: torch.nn.GELU() (exact erf; Flax's default is the tanh form), importable from here
+# beside the other torch-like layers.
+from flaxattn.ops.norm import gelu as gelu
 from flaxattn.ops.norm import layer_norm
 from flaxattn.ops.pointwise import pointwise_conv
 
@@ -323,12 +326,6 @@ class DropPath(nnx.Module):
         shape = (x.shape[0],) + (1,) * (x.ndim - 1)
         mask = jax.random.bernoulli(self.rngs(), keep, shape)
         return jnp.where(mask, x / keep, jnp.zeros_like(x))
-
-
-def gelu(x: jax.Array) -> jax.Array:
-    """``torch.nn.GELU()``: the exact erf form (Flax's default is the tanh approximation),
-    with a hand-written backward (:func:`flaxattn.ops.norm.gelu`)."""
-    return _gelu(x)
 
 
 class Dropout(nnx.Dropout):

@@ -207,11 +207,7 @@ class Attention(nnx.Module):
             out = fused_attention(q, k, v, impl)
         if self.to_out is None:  # heads == 1 and dim_head == dim
             return out[:, :, 0]
-        proj, drop = self.to_out.layers
-        wo = proj.kernel[...]
-        bo = proj.bias[...]
-        out, wo, bo = promote_dtype((out, wo, bo), dtype=self.dtype)
-        return drop(dense(out.reshape(b, n, h * d), wo) + bo)
+        return self.to_out(out.reshape(b, n, h * d))
 
 
 class Transformer(nnx.Module):
