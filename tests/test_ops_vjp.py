@@ -128,39 +128,35 @@ CASES = {
     "dense_2d": _dense_case((7, 6), 9),
     "dense_via_linear_hook": _dense_case((2, 3, 4), 5, via_hook=True),
 }
-# The ops of the ViT path, also compared in float32 (relative to the largest value).
+# The ops of the ViT path are also compared in float32.
 FLOAT32 = ["layer_norm", "layer_norm_rows", "gelu", "dense_3d", "dense_2d"]
+RUNS = [(n, jnp.float64) for n in CASES] + [(n, jnp.float32) for n in FLOAT32]
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_matches_autodiff_of_plain_formula(name):
+def _assert_close(got, want, dtype, kind, msg=""):
+    if dtype == jnp.float32:  # relative to the largest value: round-off of a sum
+        tol = dict(rtol=0, atol=1e-5 * float(jnp.abs(want).max(initial=0.0)))
+    else:
+        tol = dict(rtol=1e-11, atol=1e-12) if kind == "output" else dict(rtol=1e-10, atol=1e-11)
+    np.testing.assert_allclose(got, want, err_msg=msg, **tol)
+
+
+@pytest.mark.parametrize("name,dtype", RUNS, ids=[f"{n}-{d.__name__}" for n, d in RUNS])
+def test_matches_autodiff_of_plain_formula(name, dtype):
     new, plain, make = CASES[name]
     rng = np.random.default_rng(0)
-    args = [jnp.asarray(a, jnp.float64) for a in make(rng)]
+    args = [jnp.asarray(a, dtype) for a in make(rng)]
     out_new, vjp_new = jax.vjp(jax.jit(new), *args)
     out_plain, vjp_plain = jax.vjp(plain, *args)
     # A cotangent for every output (the batch statistics too: their VJP is hand-written).
-    cot = jax.tree.map(lambda o: jnp.asarray(rng.standard_normal(o.shape)), out_plain)
+    cot = jax.tree.map(lambda o: jnp.asarray(rng.standard_normal(o.shape), dtype), out_plain)
     for got, want in zip(jax.tree.leaves(out_new), jax.tree.leaves(out_plain), strict=True):
-        assert got.dtype == want.dtype and got.shape == want.shape
-        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12)
+        assert got.dtype == want.dtype == dtype and got.shape == want.shape
+        _assert_close(got, want, dtype, "output")
     grads_new, grads_plain = jax.jit(vjp_new)(cot), vjp_plain(cot)
     for i, (got, want) in enumerate(zip(grads_new, grads_plain, strict=True)):
-        assert got.shape == want.shape, f"argument {i}"
-        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-11, err_msg=f"argument {i}")
-
-
-@pytest.mark.parametrize("name", FLOAT32)
-def test_float32_matches_autodiff_of_plain_formula(name):
-    new, plain, make = CASES[name]
-    rng = np.random.default_rng(0)
-    args = [jnp.asarray(a, jnp.float32) for a in make(rng)]
-    out, vjp = jax.vjp(jax.jit(new), *args)
-    want, vjp_plain = jax.vjp(plain, *args)
-    cot = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
-    for got, ref in [(out, want), *zip(jax.jit(vjp)(cot), vjp_plain(cot), strict=True)]:
-        assert got.dtype == jnp.float32
-        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * float(jnp.abs(ref).max()))
+        assert got.shape == want.shape and got.dtype == dtype, f"argument {i}"
+        _assert_close(got, want, dtype, "grad", f"argument {i}")
 
 
 @pytest.mark.parametrize(
