@@ -14,7 +14,14 @@ import dataclasses
 import json
 import sys
 
-from bench.harness import default_threads, matmul_gflops, run_case, table
+from bench.harness import (
+    add_malloc_option,
+    apply_malloc_option,
+    default_threads,
+    matmul_gflops,
+    run_case,
+    table,
+)
 from bench.registry import load_all
 
 
@@ -30,7 +37,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     p.add_argument("--threads", type=int, default=default_threads())
     p.add_argument("--json", help="also write the results to this file")
+    add_malloc_option(p)
     args = p.parse_args(argv)
+    print(apply_malloc_option(args), file=sys.stderr)
 
     chosen = list(cases)
     if args.case or args.family:

@@ -212,3 +212,21 @@ def table(results: list[Result], peak_gflops: float | None, threads: int) -> str
 
 def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def add_malloc_option(p) -> None:
+    p.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's malloc as it is; by default freed memory is kept for reuse, as "
+        "`python -m train` does (flaxattn.host_memory), for both sides alike",
+    )
+
+
+def apply_malloc_option(args) -> str:
+    """Call before the first JAX or torch computation; returns the mode, for the header."""
+    if args.default_malloc:
+        return "default malloc"
+    from flaxattn.host_memory import retain_freed_memory
+
+    return "malloc keeps freed memory" if retain_freed_memory() else "default malloc (no glibc)"

@@ -50,7 +50,14 @@ from pathlib import Path
 
 import jax
 
-from bench.harness import case_models, default_threads, jax_compiled_step, torch_step
+from bench.harness import (
+    add_malloc_option,
+    apply_malloc_option,
+    case_models,
+    default_threads,
+    jax_compiled_step,
+    torch_step,
+)
 from bench.registry import BenchCase, load_all
 
 REPO = Path(__file__).resolve().parent.parent
@@ -490,6 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also print the JAX table summed per source line and kind",
     )
     p.add_argument("--hlo", metavar="FILE", help="write the compiled HLO text to FILE")
+    add_malloc_option(p)
     args = p.parse_args(argv)
     if args.case not in cases:
         p.error(f"unknown case {args.case!r}; valid: {sorted(cases)}")
@@ -499,6 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.warmup < 0:
         p.error(f"--warmup (={args.warmup}) must be at least 0")
     case = cases[args.case]
+    print(apply_malloc_option(args), file=sys.stderr)
     jside, tside = profile_case(
         case, steps=args.steps, warmup=args.warmup, threads=args.threads, hlo_path=args.hlo
     )

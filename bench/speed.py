@@ -26,7 +26,14 @@ import time
 
 import torch_ref
 from bench.cases.axial import channels_last
-from bench.harness import case_models, default_threads, jax_compiled_step, torch_step
+from bench.harness import (
+    add_malloc_option,
+    apply_malloc_option,
+    case_models,
+    default_threads,
+    jax_compiled_step,
+    torch_step,
+)
 from bench.registry import BenchCase
 
 VIT = dict(image_size=32, patch_size=4, num_classes=10, dim=192, depth=6, heads=3, mlp_dim=768)
@@ -122,17 +129,19 @@ def main(argv=None) -> int:
         help="wall clock (default), or this process's CPU time: steadier on a loaded "
         "machine when the run is pinned to one core (taskset -c N ... --threads 1)",
     )
+    add_malloc_option(p)
     args = p.parse_args(argv)
     for name in ("rounds", "steps"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    malloc = apply_malloc_option(args)
     import jax
     import torch
 
     torch.set_num_threads(args.threads)
     print(
         f"train step (fwd + mean-square loss + bwd + AdamW), median {args.timer} ms over "
-        f"{args.rounds}x{args.steps} interleaved steps per side; {args.threads} threads; "
+        f"{args.rounds}x{args.steps} interleaved steps per side; {args.threads} threads; {malloc}; "
         f"jax {jax.__version__}, torch {torch.__version__}"
     )
     print(

@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="jax.distributed.initialize() with cluster auto-detection",
     )
+    p.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's malloc as it is (by default freed memory is kept for reuse: "
+        "see flaxattn.host_memory)",
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return p
 
@@ -162,6 +168,11 @@ def _list() -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.default_malloc:
+        # Before the first JAX computation: XLA's threads take their malloc arenas then.
+        from flaxattn.host_memory import retain_freed_memory
+
+        retain_freed_memory()
     if args.list:
         _list()
         return 0
