@@ -76,10 +76,11 @@ def check_heads(dim: int, num_heads: int, num_groups: int | None = None) -> int:
 # chains of multiply-adds over ``hd`` slices, not as ``jnp.sum``: XLA:CPU runs a
 # reduce over a minor axis of 24 channels (channels-last) or a major axis
 # (channels-first) several times slower than the fused chain (bench/NOTES.md).
-# The per-tap logits are computed inside ``lax.map`` over the taps: the loop makes
-# XLA materialise them; as plain ops it fuses the whole chain into every consumer
-# that broadcasts them over ``hd`` (the output and gradient sums) and recomputes it
-# ``hd`` times.
+# The per-tap logits (and their gradient) pass an optimisation barrier: without it XLA
+# fuses the whole chain into every consumer that broadcasts them over ``hd`` (the
+# output and gradient sums) and recomputes it ``hd`` times. (A ``lax.map`` over kernel
+# rows materialised them too, but XLA:CPU runs the loop body's in-place update on one
+# thread and slices the rows dynamically: slower, bench/NOTES.md.)
 
 
 def _pad_hw(x: jax.Array, p: int) -> jax.Array:
@@ -119,26 +120,17 @@ def _tap_dots(
     softmax_grad: tuple[jax.Array, jax.Array] | None = None,
 ) -> jax.Array:
     """``(k * k, heads, B, H, W)``: ``scale`` times ``x`` against the padded ``yp``
-    shifted to each tap (one loop step per kernel row, its taps' columns as static
-    slices). With ``softmax_grad = (attn, delta)`` the result is
-    ``scale * attn * (dots - delta)``, the gradient of the scaled logits' dot products,
-    computed in the loop so that it too is materialised once."""
+    shifted to each tap. With ``softmax_grad = (attn, delta)`` the result is
+    ``scale * attn * (dots - delta)``, the gradient of the scaled logits' dot products.
+    The result passes an optimisation barrier, so that it is materialised once."""
     h, w = x.shape[-2:]
-    cols = [b * dilation for b in range(kernel_size)]
-
-    def row(xs):
-        start, attn = xs
-        yr = _dynamic_rows(yp, start, h)
-        dots = jnp.stack([_head_dot(x, _window(yr, 0, c, h, w)) for c in cols])
-        dots = dots if attn is None else attn * (dots - softmax_grad[1])
-        return dots * jnp.asarray(scale, dots.dtype)
-
-    starts = jnp.arange(kernel_size, dtype=jnp.int32) * dilation
-    attn = None
-    if softmax_grad is not None:
-        attn = softmax_grad[0].reshape(kernel_size, kernel_size, *softmax_grad[0].shape[1:])
-    dots = lax.map(row, (starts, attn))
-    return dots.reshape(kernel_size * kernel_size, *dots.shape[2:])
+    dots = []
+    for t, (a, b) in enumerate(_taps(kernel_size, dilation)):
+        d = _head_dot(x, _window(yp, a, b, h, w))
+        if softmax_grad is not None:
+            d = softmax_grad[0][t] * (d - softmax_grad[1])
+        dots.append(d * jnp.asarray(scale, d.dtype))
+    return lax.optimization_barrier(jnp.stack(dots))
 
 
 def _group_forward(q, k, v, kernel_size, dilation, scale):
@@ -220,8 +212,11 @@ def _dilated_attention_bwd(kernel_size, dilation, heads, scale, res, dout):
         rows = slice(i * cg, (i + 1) * cg)
         do, o = (t[rows].reshape(q.shape) for t in (dout, out))
         dq, dk, dv = _group_backward(q, k, v, attns[i], o, do, kernel_size, d, scale)
-        grads.append(jnp.stack([t.reshape(cg, b, h, w) for t in (dq, dk, dv)]))
-    return (jnp.stack(grads, axis=1),)
+        grads.append([t.reshape(cg, b, h, w) for t in (dq, dk, dv)])
+    # One stack in the ``[3][n]`` order: stacking per group and then the groups
+    # copied the whole gradient once more.
+    flat = [grads[i][j] for j in range(3) for i in range(len(dilation))]
+    return (jnp.stack(flat).reshape(qkv.shape),)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
