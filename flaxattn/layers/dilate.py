@@ -64,6 +64,14 @@ def _matmul(a: jax.Array, b: jax.Array, precision) -> jax.Array:
 # bench size, was concatenated once per layout).
 
 
+def _transposed(y: jax.Array) -> jax.Array:
+    """``y.T`` as a copy of the materialised ``y``. XLA folds the transpose of a dot's
+    result into the dot (operands swapped), and on XLA:CPU the folded forms of these
+    projections run in a slower matmul kernel than the product plus a copy
+    (bench/NOTES.md); the barrier keeps the two apart."""
+    return jax.lax.optimization_barrier(y).T
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _rows_to_channels_first(
     x: jax.Array, w: jax.Array, b: jax.Array | None, precision
@@ -81,7 +89,7 @@ def _rows_to_channels_first_fwd(x, w, b, precision):
 def _rows_to_channels_first_bwd(precision, res, dy):
     x, w, no_bias = res
     db = None if no_bias else jnp.sum(dy, axis=1)
-    return _matmul(w, dy, precision).T, _matmul(dy, x, precision).T, db
+    return _transposed(_matmul(w, dy, precision)), _transposed(_matmul(dy, x, precision)), db
 
 
 _rows_to_channels_first.defvjp(_rows_to_channels_first_fwd, _rows_to_channels_first_bwd)
