@@ -60,8 +60,8 @@ def _matmul(a: jax.Array, b: jax.Array, precision) -> jax.Array:
 
 # The biases are added inside the custom VJPs so that their gradients are sums over
 # the same array the weight and input gradients read: summed outside, over another
-# view of it, XLA materialised that view twice (the kernel's gradient, 21 MB at the
-# bench size, was concatenated once per layout).
+# view of it, XLA materialised that view twice (the kernel's whole gradient was
+# concatenated once per layout).
 
 
 def _transposed(y: jax.Array) -> jax.Array:

@@ -76,11 +76,14 @@ def check_heads(dim: int, num_heads: int, num_groups: int | None = None) -> int:
 # chains of multiply-adds over ``hd`` slices, not as ``jnp.sum``: XLA:CPU runs a
 # reduce over a minor axis of 24 channels (channels-last) or a major axis
 # (channels-first) several times slower than the fused chain (bench/NOTES.md).
-# The per-tap logits (and their gradient) pass an optimisation barrier: without it XLA
-# fuses the whole chain into every consumer that broadcasts them over ``hd`` (the
-# output and gradient sums) and recomputes it ``hd`` times. (A ``lax.map`` over kernel
-# rows materialised them too, but XLA:CPU runs the loop body's in-place update on one
-# thread and slices the rows dynamically: slower, bench/NOTES.md.)
+# Optimisation barriers decide what XLA materialises. The per-tap dot products and the
+# logit gradient pass one: without it XLA fuses the whole chain into every consumer
+# that broadcasts them over ``hd`` (the output and gradient sums) and recomputes it
+# ``hd`` times. (A ``lax.map`` over kernel rows materialised them too, but XLA:CPU runs
+# the loop body's in-place update on one thread and slices the rows dynamically.) The
+# padded q, k and v pass one, so that every window, the centre one included, reads
+# them (XLA otherwise made unpadded copies for the centre windows); they are also the
+# backward's residuals, never padded twice. Figures: bench/NOTES.md.
 
 
 def _pad_hw(x: jax.Array, p: int) -> jax.Array:
@@ -90,11 +93,6 @@ def _pad_hw(x: jax.Array, p: int) -> jax.Array:
 def _window(x: jax.Array, a: int, b: int, h: int, w: int) -> jax.Array:
     """``x[..., a:a + h, b:b + w]`` (static offsets)."""
     return lax.slice(x, (0,) * (x.ndim - 2) + (a, b), x.shape[:-2] + (a + h, b + w))
-
-
-def _dynamic_rows(x: jax.Array, a: jax.Array, h: int) -> jax.Array:
-    """``x[..., a:a + h, :]``."""
-    return lax.dynamic_slice_in_dim(x, a, h, axis=x.ndim - 2)
 
 
 def _taps(kernel_size: int, dilation: int) -> list[tuple[int, int]]:
@@ -183,9 +181,8 @@ def _group_backward(qp, kp, vp, attn, dout, kernel_size, dilation, scale):
 
 
 def _padded_group(qkv, i, heads, p):
-    """Group ``i``'s q, k and v as ``(heads, hd, B, H + 2p, W + 2p)``, zero padded.
-    Behind a barrier: XLA otherwise reads the centre window (``q`` itself, the middle
-    tap of k and v) from another, unpadded copy of each map."""
+    """Group ``i``'s q, k and v as ``(heads, hd, B, H + 2p, W + 2p)``, zero padded,
+    behind a barrier (see the comment above :func:`_pad_hw`)."""
     _, _, cg, b, h, w = qkv.shape
     return lax.optimization_barrier(
         tuple(_pad_hw(qkv[j, i].reshape(heads, cg // heads, b, h, w), p) for j in range(3))
