@@ -1,7 +1,8 @@
 """Hand-written VJPs in ``flaxattn.ops`` against autodiff of the plain formula.
 
 ``batch_norm_train`` and ``layer_norm`` (closed-form backward), ``gelu``, ``max_reduce``
-(index saved in the forward), ``pointwise_conv`` and ``dense`` (two GEMMs): value and VJP
+(index saved in the forward), ``pointwise_conv`` and ``dense`` (two GEMMs), and MSDA's
+layout-changing projections (``flaxattn.layers.dilate``, bias inside): value and VJP
 under ``jit`` in float64 on one table of shapes, the float32 ones of the ViT path too; then
 what the plain formulas cannot check (ties, NaN, large-mean inputs, the Linear hook).
 """
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flaxattn.layers.dilate import _channels_first_to_rows, _rows_to_channels_first
 from flaxattn.ops.batchnorm import batch_norm_train
 from flaxattn.ops.dense import dense, dense_dot_general
 from flaxattn.ops.norm import gelu, layer_norm
@@ -108,6 +110,25 @@ def _dense_case(shape, co, via_hook=False):
     return (hook if via_hook else dense), jnp.matmul, make
 
 
+def _msda_projection_case(to_channels_first, bias):
+    """``(N, C) -> (O, N)`` or ``(C, N) -> (N, O)``, with or without a bias."""
+    n, c, o = 7, 4, 5
+
+    def make(rng):
+        x = rng.standard_normal((n, c) if to_channels_first else (c, n))
+        return (x, rng.standard_normal((c, o))) + ((rng.standard_normal(o),) if bias else ())
+
+    def new(x, w, b=None):
+        fn = _rows_to_channels_first if to_channels_first else _channels_first_to_rows
+        return fn(x, w, b, None)
+
+    def plain(x, w, b=0.0):
+        y = x @ w if to_channels_first else x.T @ w
+        return (y + b).T if to_channels_first else y + b
+
+    return new, plain, make
+
+
 CASES = {
     "bn_2d": _bn_case((4, 5, 6, 3), True),
     "bn_1d": _bn_case((7, 2), True),
@@ -127,6 +148,10 @@ CASES = {
     "dense_3d": _dense_case((2, 5, 6), 3),
     "dense_2d": _dense_case((7, 6), 9),
     "dense_via_linear_hook": _dense_case((2, 3, 4), 5, via_hook=True),
+    "msda_qkv_projection": _msda_projection_case(True, True),
+    "msda_qkv_projection_no_bias": _msda_projection_case(True, False),
+    "msda_out_projection": _msda_projection_case(False, True),
+    "msda_out_projection_no_bias": _msda_projection_case(False, False),
 }
 # The ops of the ViT path are also compared in float32.
 FLOAT32 = ["layer_norm", "layer_norm_rows", "gelu", "dense_3d", "dense_2d"]

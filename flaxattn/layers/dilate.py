@@ -58,37 +58,61 @@ def _matmul(a: jax.Array, b: jax.Array, precision) -> jax.Array:
     return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=precision)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _rows_to_channels_first(x: jax.Array, w: jax.Array, precision) -> jax.Array:
-    """``(w^T x^T)``: rows ``x (N, C)`` times ``w (C, O)``, returned ``(O, N)``."""
-    return _matmul(w.T, x.T, precision)
+# The biases are added inside the custom VJPs so that their gradients are sums over
+# the same array the weight and input gradients read: summed outside, over another
+# view of it, XLA materialised that view twice (the kernel's whole gradient was
+# concatenated once per layout).
 
 
-def _rows_to_channels_first_fwd(x, w, precision):
-    return _rows_to_channels_first(x, w, precision), (x, w)
+def _transposed(y: jax.Array) -> jax.Array:
+    """``y.T`` as a copy of the materialised ``y``. XLA folds the transpose of a dot's
+    result into the dot (operands swapped), and on XLA:CPU the folded forms of these
+    projections run in a slower matmul kernel than the product plus a copy
+    (bench/NOTES.md); the barrier keeps the two apart."""
+    return jax.lax.optimization_barrier(y).T
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _rows_to_channels_first(
+    x: jax.Array, w: jax.Array, b: jax.Array | None, precision
+) -> jax.Array:
+    """``(w^T x^T) + b``: rows ``x (N, C)`` times ``w (C, O)`` plus the bias ``b (O,)``
+    (or none), returned ``(O, N)``."""
+    y = _matmul(w.T, x.T, precision)
+    return y if b is None else y + b[:, None]
+
+
+def _rows_to_channels_first_fwd(x, w, b, precision):
+    return _rows_to_channels_first(x, w, b, precision), (x, w, b is None)
 
 
 def _rows_to_channels_first_bwd(precision, res, dy):
-    x, w = res
-    return _matmul(w, dy, precision).T, _matmul(dy, x, precision).T
+    x, w, no_bias = res
+    db = None if no_bias else jnp.sum(dy, axis=1)
+    return _transposed(_matmul(w, dy, precision)), _transposed(_matmul(dy, x, precision)), db
 
 
 _rows_to_channels_first.defvjp(_rows_to_channels_first_fwd, _rows_to_channels_first_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _channels_first_to_rows(x: jax.Array, w: jax.Array, precision) -> jax.Array:
-    """``(w^T x)^T``: channels-first ``x (C, N)`` times ``w (C, O)``, returned ``(N, O)``."""
-    return _matmul(w.T, x, precision).T
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _channels_first_to_rows(
+    x: jax.Array, w: jax.Array, b: jax.Array | None, precision
+) -> jax.Array:
+    """``(w^T x)^T + b``: channels-first ``x (C, N)`` times ``w (C, O)`` plus the bias
+    ``b (O,)`` (or none), returned ``(N, O)``."""
+    y = _matmul(w.T, x, precision).T
+    return y if b is None else y + b
 
 
-def _channels_first_to_rows_fwd(x, w, precision):
-    return _channels_first_to_rows(x, w, precision), (x, w)
+def _channels_first_to_rows_fwd(x, w, b, precision):
+    return _channels_first_to_rows(x, w, b, precision), (x, w, b is None)
 
 
 def _channels_first_to_rows_bwd(precision, res, dy):
-    x, w = res
-    return _matmul(w, dy.T, precision), _matmul(x, dy, precision)
+    x, w, no_bias = res
+    db = None if no_bias else jnp.sum(dy, axis=0)
+    return _matmul(w, dy.T, precision), _matmul(x, dy, precision), db
 
 
 _channels_first_to_rows.defvjp(_channels_first_to_rows_fwd, _channels_first_to_rows_bwd)
@@ -100,9 +124,8 @@ def _pointwise_channels_first(conv: Conv2d, x: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
     bias = conv.bias[...] if conv.bias is not None else None
     x, kernel, bias = conv.promote_dtype((x, conv.kernel[...][0, 0], bias), dtype=conv.dtype)
-    y = _rows_to_channels_first(x.reshape(b * h * w, c), kernel, conv.precision)
-    y = y.reshape(kernel.shape[1], b, h, w)
-    return y + bias[:, None, None, None] if bias is not None else y
+    y = _rows_to_channels_first(x.reshape(b * h * w, c), kernel, bias, conv.precision)
+    return y.reshape(kernel.shape[1], b, h, w)
 
 
 def _linear_from_channels_first(linear: Linear, x: jax.Array) -> jax.Array:
@@ -111,9 +134,8 @@ def _linear_from_channels_first(linear: Linear, x: jax.Array) -> jax.Array:
     c, b, h, w = x.shape
     bias = linear.bias[...] if linear.bias is not None else None
     x, kernel, bias = linear.promote_dtype((x, linear.kernel[...], bias), dtype=linear.dtype)
-    y = _channels_first_to_rows(x.reshape(c, b * h * w), kernel, linear.precision)
-    y = y.reshape(b, h, w, kernel.shape[1])
-    return y + bias if bias is not None else y
+    y = _channels_first_to_rows(x.reshape(c, b * h * w), kernel, bias, linear.precision)
+    return y.reshape(b, h, w, kernel.shape[1])
 
 
 class DepthwiseConv2d(Conv2d):

@@ -76,10 +76,14 @@ def check_heads(dim: int, num_heads: int, num_groups: int | None = None) -> int:
 # chains of multiply-adds over ``hd`` slices, not as ``jnp.sum``: XLA:CPU runs a
 # reduce over a minor axis of 24 channels (channels-last) or a major axis
 # (channels-first) several times slower than the fused chain (bench/NOTES.md).
-# The per-tap logits are computed inside ``lax.map`` over the taps: the loop makes
-# XLA materialise them; as plain ops it fuses the whole chain into every consumer
+# Optimisation barriers decide what XLA materialises. The per-tap dot products and the
+# logit gradient pass one: without it XLA fuses the whole chain into every consumer
 # that broadcasts them over ``hd`` (the output and gradient sums) and recomputes it
-# ``hd`` times.
+# ``hd`` times. (A ``lax.map`` over kernel rows materialised them too, but XLA:CPU runs
+# the loop body's in-place update on one thread and slices the rows dynamically.) The
+# padded q, k and v pass one, so that every window, the centre one included, reads
+# them (XLA otherwise made unpadded copies for the centre windows); they are also the
+# backward's residuals, never padded twice. Figures: bench/NOTES.md.
 
 
 def _pad_hw(x: jax.Array, p: int) -> jax.Array:
@@ -89,11 +93,6 @@ def _pad_hw(x: jax.Array, p: int) -> jax.Array:
 def _window(x: jax.Array, a: int, b: int, h: int, w: int) -> jax.Array:
     """``x[..., a:a + h, b:b + w]`` (static offsets)."""
     return lax.slice(x, (0,) * (x.ndim - 2) + (a, b), x.shape[:-2] + (a + h, b + w))
-
-
-def _dynamic_rows(x: jax.Array, a: jax.Array, h: int) -> jax.Array:
-    """``x[..., a:a + h, :]``."""
-    return lax.dynamic_slice_in_dim(x, a, h, axis=x.ndim - 2)
 
 
 def _taps(kernel_size: int, dilation: int) -> list[tuple[int, int]]:
@@ -110,77 +109,63 @@ def _head_dot(x: jax.Array, y: jax.Array) -> jax.Array:
     return out
 
 
-def _tap_dots(
-    x: jax.Array,
-    yp: jax.Array,
-    kernel_size: int,
-    dilation: int,
-    scale: float,
-    softmax_grad: tuple[jax.Array, jax.Array] | None = None,
-) -> jax.Array:
-    """``(k * k, heads, B, H, W)``: ``scale`` times ``x`` against the padded ``yp``
-    shifted to each tap (one loop step per kernel row, its taps' columns as static
-    slices). With ``softmax_grad = (attn, delta)`` the result is
-    ``scale * attn * (dots - delta)``, the gradient of the scaled logits' dot products,
-    computed in the loop so that it too is materialised once."""
+def _tap_dots(x: jax.Array, yp: jax.Array, kernel_size: int, dilation: int) -> jax.Array:
+    """``(k * k, heads, B, H, W)``: ``x`` against the padded ``yp`` shifted to each tap.
+    The result passes an optimisation barrier, so that it is materialised once."""
     h, w = x.shape[-2:]
-    cols = [b * dilation for b in range(kernel_size)]
-
-    def row(xs):
-        start, attn = xs
-        yr = _dynamic_rows(yp, start, h)
-        dots = jnp.stack([_head_dot(x, _window(yr, 0, c, h, w)) for c in cols])
-        dots = dots if attn is None else attn * (dots - softmax_grad[1])
-        return dots * jnp.asarray(scale, dots.dtype)
-
-    starts = jnp.arange(kernel_size, dtype=jnp.int32) * dilation
-    attn = None
-    if softmax_grad is not None:
-        attn = softmax_grad[0].reshape(kernel_size, kernel_size, *softmax_grad[0].shape[1:])
-    dots = lax.map(row, (starts, attn))
-    return dots.reshape(kernel_size * kernel_size, *dots.shape[2:])
-
-
-def _group_forward(q, k, v, kernel_size, dilation, scale):
-    """One dilation group, ``q, k, v (heads, hd, B, H, W)`` -> output and the attention
-    weights ``(k * k, heads, B, H, W)``."""
-    h, w = q.shape[-2:]
-    p = dilation * (kernel_size // 2)
     taps = _taps(kernel_size, dilation)
-    logits = _tap_dots(q, _pad_hw(k, p), kernel_size, dilation, scale)
-    rows = [logits[t] for t in range(len(taps))]
+    return lax.optimization_barrier(
+        jnp.stack([_head_dot(x, _window(yp, a, b, h, w)) for a, b in taps])
+    )
+
+
+def _group_forward(qp, kp, vp, kernel_size, dilation, scale):
+    """One dilation group, ``q, k, v`` zero padded by ``p = dilation * (k // 2)``
+    (``(heads, hd, B, H + 2p, W + 2p)``) -> output ``(heads, hd, B, H, W)`` and the
+    attention weights ``(k * k, heads, B, H, W)``."""
+    p = dilation * (kernel_size // 2)
+    h, w = qp.shape[-2] - 2 * p, qp.shape[-1] - 2 * p
+    taps = _taps(kernel_size, dilation)
+    logits = _tap_dots(_window(qp, p, p, h, w), kp, kernel_size, dilation)
+    rows = [logits[t] * jnp.asarray(scale, logits.dtype) for t in range(len(taps))]
     top = functools.reduce(jnp.maximum, rows)
     exps = [jnp.exp(r - top) for r in rows]
     total = functools.reduce(jnp.add, exps)
     attn = jnp.stack([e / total for e in exps])
-    vp = _pad_hw(v, p)
     out = functools.reduce(
         jnp.add, (attn[t][:, None] * _window(vp, a, b, h, w) for t, (a, b) in enumerate(taps))
     )
     return out, attn
 
 
-def _group_backward(q, k, v, attn, out, dout, kernel_size, dilation, scale):
-    """Gradients of :func:`_group_forward` w.r.t. q, k and v.
+def _group_backward(qp, kp, vp, attn, dout, kernel_size, dilation, scale):
+    """Gradients of :func:`_group_forward` w.r.t. the (unpadded) q, k and v.
 
-    ``dlogit_t = attn_t * (dout . v_t - dout . out)`` (the softmax backward with
-    ``sum_t attn_t dout . v_t = dout . out``). The key and value gradients *gather*
+    ``dlogit_t = attn_t * (g_t - sum_s attn_s g_s)`` with ``g_t = dout . v_t`` (the
+    softmax backward; the sum is ``dout . out``, but from the tap maps it reads one
+    channel per tap instead of ``hd``, and the output is no residual). The key and
+    value gradients *gather*
     from the queries that saw each key, ``dk[m] = sum_t dlogit_t[m - o_t] q[m - o_t]``,
     instead of scattering one padded map per tap, as autodiff of the slices would.
+    The padded maps are the forward's (residuals), not padded again.
     """
-    h, w = q.shape[-2:]
+    h, w = dout.shape[-2:]
     p = dilation * (kernel_size // 2)
     taps = _taps(kernel_size, dilation)
-    vp = _pad_hw(v, p)
+    g = _tap_dots(dout, vp, kernel_size, dilation)
+    delta = functools.reduce(jnp.add, (attn[t] * g[t] for t in range(len(taps))))
     # dl: the gradient of q . k_t (the logits before scaling).
-    dl = _tap_dots(dout, vp, kernel_size, dilation, scale, (attn, _head_dot(dout, out)))
-    kp = _pad_hw(k, p)
+    dl = lax.optimization_barrier(
+        jnp.stack(
+            [attn[t] * (g[t] - delta) * jnp.asarray(scale, g.dtype) for t in range(len(taps))]
+        )
+    )
     dq = functools.reduce(
         jnp.add, (dl[t][:, None] * _window(kp, a, b, h, w) for t, (a, b) in enumerate(taps))
     )
     # Tap (a, b) seen from the key's side: the query sits at minus the offset.
     last = 2 * p
-    qp, dop, dlp, ap = _pad_hw(q, p), _pad_hw(dout, p), _pad_hw(dl, p), _pad_hw(attn, p)
+    dop, dlp, ap = _pad_hw(dout, p), _pad_hw(dl, p), _pad_hw(attn, p)
 
     def gather(weights, xp):
         return functools.reduce(
@@ -195,33 +180,41 @@ def _group_backward(q, k, v, attn, out, dout, kernel_size, dilation, scale):
     return dq, gather(dlp, qp), gather(ap, dop)
 
 
-def _split_group(qkv, i, heads):
+def _padded_group(qkv, i, heads, p):
+    """Group ``i``'s q, k and v as ``(heads, hd, B, H + 2p, W + 2p)``, zero padded,
+    behind a barrier (see the comment above :func:`_pad_hw`)."""
     _, _, cg, b, h, w = qkv.shape
-    return tuple(qkv[j, i].reshape(heads, cg // heads, b, h, w) for j in range(3))
+    return lax.optimization_barrier(
+        tuple(_pad_hw(qkv[j, i].reshape(heads, cg // heads, b, h, w), p) for j in range(3))
+    )
 
 
 def _dilated_attention_fwd(qkv, kernel_size, dilation, heads, scale):
     _, _, cg, b, h, w = qkv.shape
-    outs, attns = [], []
+    outs, attns, padded = [], [], []
     for i, d in enumerate(dilation):
-        out, attn = _group_forward(*_split_group(qkv, i, heads), kernel_size, d, scale)
+        qkv_p = _padded_group(qkv, i, heads, d * (kernel_size // 2))
+        out, attn = _group_forward(*qkv_p, kernel_size, d, scale)
         outs.append(out.reshape(cg, b, h, w))
         attns.append(attn)
-    out = jnp.concatenate(outs, axis=0)
-    return out, (qkv, attns, out)
+        padded.append(qkv_p)
+    return jnp.concatenate(outs, axis=0), (padded, attns)
 
 
 def _dilated_attention_bwd(kernel_size, dilation, heads, scale, res, dout):
-    qkv, attns, out = res
-    _, _, cg, b, h, w = qkv.shape
+    padded, attns = res
+    n = len(dilation)
+    cg, (b, h, w) = dout.shape[0] // n, dout.shape[1:]
     grads = []
     for i, d in enumerate(dilation):
-        q, k, v = _split_group(qkv, i, heads)
-        rows = slice(i * cg, (i + 1) * cg)
-        do, o = (t[rows].reshape(q.shape) for t in (dout, out))
-        dq, dk, dv = _group_backward(q, k, v, attns[i], o, do, kernel_size, d, scale)
-        grads.append(jnp.stack([t.reshape(cg, b, h, w) for t in (dq, dk, dv)]))
-    return (jnp.stack(grads, axis=1),)
+        qp, kp, vp = padded[i]
+        do = dout[i * cg : (i + 1) * cg].reshape(heads, cg // heads, b, h, w)
+        dq, dk, dv = _group_backward(qp, kp, vp, attns[i], do, kernel_size, d, scale)
+        grads.append([t.reshape(cg, b, h, w) for t in (dq, dk, dv)])
+    # One stack in the ``[3][n]`` order: stacking per group and then the groups
+    # copied the whole gradient once more.
+    flat = [grads[i][j] for j in range(3) for i in range(n)]
+    return (jnp.stack(flat).reshape(3, n, cg, b, h, w),)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
