@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from bench.harness import default_threads
+from bench.harness import add_malloc_option, apply_malloc_option, default_threads
 from train.config import TrainConfig
 from train.data import Augment, TrainPipeline, load_dataset
 from train.loop import _loss_fn
@@ -126,7 +126,9 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=default_threads())
     p.add_argument("--workers", type=int, default=0, help="grain worker processes")
+    add_malloc_option(p)
     args = p.parse_args(argv)
+    print(apply_malloc_option(args), file=sys.stderr)
 
     import torch
 
