@@ -70,13 +70,15 @@ def relative_logits_2d(
     return jnp.swapaxes(logits_h, 2, 3), logits_w
 
 
-# Logits per block of queries in `attention_2d`: 4M values (16 MB in float32). A
-# block's logits, softmax and their gradients then stay near cache-sized. At the
-# bench shape (28x28 map, batch 16, 4 heads; bench/cases/aa_conv.py) the blocked
-# step needs 84 MB of temp memory against 470 MB for one block (variant
-# `one_block`), for 20% more time on a quiet 2-core CPU (560 against 467 ms; the
-# blocks were the faster ones on the same machine under load).
-BLOCK_LOGITS = 1 << 22
+# Logits per block of queries in `attention_2d`: 64M values (256 MB in float32); rows
+# of queries that need more are split into blocks, each rematerialised in the backward.
+# Blocks cost time: at the bench shape (28x28 map, batch 16, 4 heads, 39M logits;
+# bench/cases/aa_conv.py) the step took 216 ms in one block (468 MB temp) against 328 ms
+# in ten blocks of 4M logits (84 MB), the default until 2026-11-30, and torch eager 230
+# (quiet 2-core CPU, freed memory kept: flaxattn/host_memory.py). Under glibc's default
+# malloc every step page-faulted its whole temp buffer, which hid most of that cost
+# (467 against 560 ms, c79e78b). `query_block=` trades the time back for memory.
+BLOCK_LOGITS = 1 << 26
 
 
 def attention_2d(
