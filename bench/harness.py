@@ -31,6 +31,7 @@ import optax
 from flax import nnx
 
 from bench.registry import BenchCase
+from flaxattn.compile_options import cpu_compiler_options
 from flaxattn.convert import from_torch
 from flaxattn.parity import to_flax_layout
 from train.step import make_train_step
@@ -101,7 +102,7 @@ def jax_compiled_step(module: nnx.Module, xs: list[np.ndarray], layouts) -> tupl
     def loss_fn(model, batch):
         return _sq_loss(model(*batch)), None
 
-    step = make_train_step(graphdef, tx, loss_fn)
+    step = make_train_step(graphdef, tx, loss_fn, compiler_options=cpu_compiler_options(module))
     compiled = step.lower(params, rest, opt_state, batch).compile()
     state = [params, rest, opt_state]
 

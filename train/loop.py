@@ -32,6 +32,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from flaxattn.compile_options import cpu_compiler_options
 from flaxattn.convert import load_state_dict, load_weights
 from train.checkpoint import Checkpointer, CheckpointError
 from train.config import RESUME_KEYS, TrainConfig
@@ -228,6 +229,7 @@ def build_run(cfg: TrainConfig, *, devices: int | None = None) -> Run:
         batch_sharding=par.batch,
         with_flags=True,
         grad_norm=True,
+        compiler_options=cpu_compiler_options(abstract),
     )
     eval_step = make_eval_step(
         eval_graphdef,

@@ -34,6 +34,7 @@ def make_train_step(
     donate: bool = True,
     with_flags: bool = False,
     grad_norm: bool = False,
+    compiler_options: dict | None = None,
 ) -> Callable:
     """``step(params, rest, opt_state, batch) -> (params, rest, opt_state, loss, aux)``.
 
@@ -59,6 +60,8 @@ def make_train_step(
       grad_norm: also return the global gradient norm as ``aux["grad_norm"]`` (off by
         default: one more reduction over every gradient changes XLA's schedule, and
         the reversible stack's temp memory then grows with depth).
+      compiler_options: XLA compile options for the step
+        (``flaxattn.compile_options.cpu_compiler_options(model)``).
     """
 
     def loss_and_state(params, rest, batch):
@@ -110,7 +113,12 @@ def make_train_step(
             sp = sr = so = out = s
         ins = (sp, sr, so, b, b) if with_flags else (sp, sr, so, b)
         shardings = {"in_shardings": ins, "out_shardings": (sp, sr, so, out, out)}
-    return jax.jit(fn, donate_argnums=(0, 1, 2) if donate else (), **shardings)
+    return jax.jit(
+        fn,
+        donate_argnums=(0, 1, 2) if donate else (),
+        compiler_options=compiler_options,
+        **shardings,
+    )
 
 
 def make_eval_step(
