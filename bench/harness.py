@@ -219,8 +219,8 @@ def add_malloc_option(p) -> None:
     p.add_argument(
         "--default-malloc",
         action="store_true",
-        help="leave glibc's malloc as it is; by default freed memory is kept for reuse, as "
-        "`python -m train` does (flaxattn.host_memory), for both sides alike",
+        help="leave glibc's malloc as it is; by default freed memory is kept for reuse "
+        "(flaxattn.host_memory, `python -m train --keep-freed-memory`), for both sides alike",
     )
 
 

@@ -13,12 +13,14 @@ XLA's code. ``bench/NOTES.md`` (issue 15) has the figures.
 :func:`retain_freed_memory` sets glibc's ``malloc`` to keep what it frees:
 one arena for every thread, no ``mmap`` for large blocks, and no trimming of the
 heap. The first step grows the heap, and every later step reuses the same pages.
-The cost is resident memory: what is freed is reused by the process but not
-returned to the system, and since a small allocation can take part of a freed block
-(so the next step's buffer no longer fits in it), the heap can grow to a few times
-the step's temporary buffer before it settles. The training CLI
-and the benchmarks call it at start-up (``--default-malloc`` turns it off there).
-It changes nothing on a system without glibc.
+The cost is resident memory: what is freed is reused by the process but not returned
+to the system, and since a small allocation can take part of a freed block (so the
+next step's buffer no longer fits in it), the heap can grow to a few times the
+step's temporary buffer before it settles. XLA's compiles also get slower (one arena
+for its compiler threads), so it pays for long runs of steps with large temp
+buffers, not for a short run of a small model. The benchmarks call it at start-up
+(``--default-malloc`` turns it off there); ``python -m train`` does with ``--keep-
+freed-memory``. It changes nothing on a system without glibc.
 """
 
 from __future__ import annotations

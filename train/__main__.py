@@ -117,10 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="jax.distributed.initialize() with cluster auto-detection",
     )
     p.add_argument(
-        "--default-malloc",
+        "--keep-freed-memory",
         action="store_true",
-        help="leave glibc's malloc as it is (by default freed memory is kept for reuse: "
-        "see flaxattn.host_memory)",
+        help="make glibc's malloc keep freed memory for reuse (flaxattn.host_memory): "
+        "faster steps when the compiled step's temp buffer is large, slower compiles",
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return p
@@ -168,7 +168,7 @@ def _list() -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if not args.default_malloc:
+    if args.keep_freed_memory:
         # Before the first JAX computation: XLA's threads take their malloc arenas then.
         from flaxattn.host_memory import retain_freed_memory
 
