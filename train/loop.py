@@ -220,6 +220,8 @@ def build_run(cfg: TrainConfig, *, devices: int | None = None) -> Run:
         par.state_sharding(rest, fsdp=False),
         par.state_sharding(opt_state),
     )
+    # Both steps run the same convolutions (the eval step their forward).
+    options = cpu_compiler_options(abstract)
     train_step = make_train_step(
         graphdef,
         tx,
@@ -229,13 +231,14 @@ def build_run(cfg: TrainConfig, *, devices: int | None = None) -> Run:
         batch_sharding=par.batch,
         with_flags=True,
         grad_norm=True,
-        compiler_options=cpu_compiler_options(abstract),
+        compiler_options=options,
     )
     eval_step = make_eval_step(
         eval_graphdef,
         _eval_fn(info.num_classes),
         state_sharding=shardings[:2],
         batch_sharding=par.batch,
+        compiler_options=options,
     )
     return Run(
         cfg=cfg,

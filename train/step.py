@@ -127,8 +127,10 @@ def make_eval_step(
     *,
     state_sharding: Any = None,
     batch_sharding: Any = None,
+    compiler_options: dict | None = None,
 ) -> Callable:
-    """``eval_step(params, rest, batch) -> metric_fn(model, batch)``; state unchanged."""
+    """``eval_step(params, rest, batch) -> metric_fn(model, batch)``; state unchanged.
+    ``compiler_options`` as for :func:`make_train_step`."""
 
     def step(params, rest, batch):
         return metric_fn(nnx.merge(graphdef, params, _fresh(rest)), batch)
@@ -142,4 +144,4 @@ def make_eval_step(
         else:
             sp = sr = out = s
         shardings = {"in_shardings": (sp, sr, b), "out_shardings": out}
-    return jax.jit(step, **shardings)
+    return jax.jit(step, compiler_options=compiler_options, **shardings)
